@@ -1,0 +1,237 @@
+"""The SAM / USAM perturbation rule, written once.
+
+Every part of samkit that perturbs weights (the :class:`samkit.SAM` optimizer, the dynamics lab, the
+training integrations) goes through the functions of this module, so the theory checks exercise the same
+code that users train with.
+
+The rule. With ``g`` the gradient (or, for ASAM, ``T g`` with ``T = |w| + adaptive_eta``), the
+perturbation is ``ε = c · g`` (``ε = c · T² g`` for ASAM) where the scalar coefficient is
+
+=================  =====================================  ============================
+normalization      coefficient ``c``                      method
+=================  =====================================  ============================
+``"l2"``           ``ρ / ‖g‖``                            SAM (Foret et al. 2021)
+``"none"``         ``ρ``                                  USAM (Andriushchenko & Flammarion 2022)
+``"unified"``      ``ρ ((1 − λ) + λ / ‖g‖)``              unified SAM (Oikonomou & Loizou 2025)
+=================  =====================================  ============================
+
+``‖g‖`` is the global L2 norm over every tensor given (across all parameter groups), computed
+scale-safely: no overflow or underflow for gradients whose squares leave the floating-point range.
+``eps`` is added to the norm (``ρ / (‖g‖ + eps)``); a zero gradient always gives a zero perturbation
+(never NaN), whatever ``eps`` is, so ``eps = 0`` gives exact normalization with a zero-gradient guard
+(what the dynamics lab uses: an ``eps`` added to ``‖g‖`` stalls SAM's drift near minima).
+
+Example:
+    >>> import torch
+    >>> from samkit.core import perturbation
+    >>> g = [torch.tensor([3.0, 0.0]), torch.tensor([4.0])]
+    >>> [e.tolist() for e in perturbation(g, rho=0.5)]          # SAM: ρ g / ‖g‖
+    [[0.30000001192092896, 0.0], [0.4000000059604645]]
+    >>> [e.tolist() for e in perturbation(g, rho=0.5, normalization="none")]   # USAM: ρ g
+    [[1.5, 0.0], [2.0]]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NORMALIZATIONS",
+    "resolve_lam",
+    "check_rho",
+    "global_norm",
+    "batched_norm",
+    "perturbation_scale",
+    "adaptive_scale",
+    "perturbation",
+]
+
+#: The accepted values of ``normalization``.
+NORMALIZATIONS = ("l2", "none", "unified")
+
+
+def check_rho(rho: float) -> float:
+    """Return ``rho`` as a float after checking it is a finite number ``>= 0``."""
+    if isinstance(rho, Tensor):
+        if rho.numel() != 1:
+            raise ValueError(f"rho must be a scalar, got a tensor of shape {tuple(rho.shape)}")
+        rho = float(rho)
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)):
+        raise ValueError(f"rho must be a number >= 0, got {rho!r}")
+    if not math.isfinite(rho) or rho < 0:
+        raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
+    return float(rho)
+
+
+def resolve_lam(normalization: str, lam: float | None) -> float:
+    """Map ``(normalization, lam)`` to the interpolation weight λ ∈ [0, 1] of the unified rule.
+
+    ``"l2"`` is λ = 1 (SAM), ``"none"`` is λ = 0 (USAM), ``"unified"`` needs ``lam`` in [0, 1].
+    Passing ``lam`` with ``"l2"`` or ``"none"`` is allowed only when it agrees (1 or 0).
+
+    >>> resolve_lam("l2", None), resolve_lam("none", None), resolve_lam("unified", 0.25)
+    (1.0, 0.0, 0.25)
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"unknown normalization {normalization!r}; allowed: {', '.join(map(repr, NORMALIZATIONS))}"
+        )
+    if lam is not None:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0.0 <= float(lam) <= 1.0):
+            raise ValueError(f"lam must be a number in [0, 1], got {lam!r}")
+        lam = float(lam)
+    if normalization == "unified":
+        if lam is None:
+            raise ValueError("normalization='unified' needs lam in [0, 1] (0 is USAM, 1 is SAM)")
+        return lam
+    fixed = 1.0 if normalization == "l2" else 0.0
+    if lam is not None and lam != fixed:
+        raise ValueError(
+            f"lam={lam!r} contradicts normalization={normalization!r} (which means lam={fixed:g}); "
+            "use normalization='unified' to interpolate"
+        )
+    return fixed
+
+
+def _combine_norms(norms: Tensor) -> Tensor:
+    """Scale-safe L2 norm of a vector of non-negative norms (last axis)."""
+    m = norms.amax(dim=-1, keepdim=True)
+    safe = torch.where(m > 0, m, torch.ones_like(m))
+    return (safe * torch.linalg.vector_norm(norms / safe, dim=-1, keepdim=True)).squeeze(-1)
+
+
+def _norm_dtype(t: Tensor) -> torch.dtype:
+    # norms are computed in at least float32 (fp16 / bf16 squares overflow or lose precision)
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def global_norm(tensors: Sequence[Tensor], *, foreach: bool = True) -> Tensor:
+    """Global L2 norm of a list of tensors, computed scale-safely, as a 0-dim tensor.
+
+    The fast path takes per-tensor norms (``torch._foreach_norm``) and combines them scale-safely.
+    When that result overflows or may have underflowed (elements beyond ``sqrt(finfo.max)`` or below
+    ``sqrt(finfo.tiny)``), every tensor is divided by the global max-abs first and the norm is taken
+    again, so the answer is right over the whole floating-point range. A non-finite input gives a
+    non-finite norm (inf or NaN), which callers use to detect bad gradients. The result has dtype
+    float32 (float64 when any input is float64) and lives on the first tensor's device.
+
+    >>> global_norm([torch.tensor([3e30]), torch.tensor([4e30])])
+    tensor(5.0000e+30)
+    """
+    tensors = list(tensors)
+    if not tensors:
+        return torch.zeros(())
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    device = tensors[0].device
+
+    def per_tensor(ts: Sequence[Tensor], ord: float) -> Tensor:
+        if foreach:
+            norms = torch._foreach_norm([t.to(_norm_dtype(t)) if t.dtype not in (torch.float32, torch.float64) else t for t in ts], ord)
+        else:
+            norms = [torch.linalg.vector_norm(t, ord, dtype=_norm_dtype(t)) for t in ts]
+        return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
+
+    total = _combine_norms(per_tensor(tensors, 2.0))
+    finfo = torch.finfo(dtype)
+    value = float(total)
+    if math.isfinite(value) and (value == 0.0 or value > math.sqrt(finfo.tiny) / finfo.eps):
+        return total
+    # Slow, exact path: rescale by the global max-abs first.
+    amax = per_tensor(tensors, math.inf).amax()
+    if not torch.isfinite(amax) or float(amax) == 0.0:
+        return amax if not torch.isfinite(amax) else total
+    scaled = [t.to(dtype) / amax.to(t.device) for t in tensors]
+    return amax * _combine_norms(per_tensor(scaled, 2.0))
+
+
+def batched_norm(x: Tensor, start_dim: int = 1) -> Tensor:
+    """Scale-safe L2 norm of ``x`` over the dimensions from ``start_dim`` on (batched vectors).
+
+    Used by the dynamics lab, where iterates are stacked along a leading batch axis. Always exact over
+    the whole floating-point range (the rescaling by max-abs is always done; it is cheap there).
+
+    >>> batched_norm(torch.tensor([[3e-200, 4e-200], [0.0, 0.0]], dtype=torch.float64))
+    tensor([5.0000e-200, 0.0000e+00], dtype=torch.float64)
+    """
+    flat = x.flatten(start_dim) if x.dim() > start_dim else x.unsqueeze(-1)
+    m = flat.abs().amax(dim=-1, keepdim=True)
+    safe = torch.where(m > 0, m, torch.ones_like(m))
+    return (safe * torch.linalg.vector_norm(flat / safe, dim=-1, keepdim=True)).squeeze(-1)
+
+
+def perturbation_scale(
+    norm: Tensor | float,
+    rho: Tensor | float,
+    *,
+    normalization: str = "l2",
+    lam: float | None = None,
+    eps: float = 1e-12,
+) -> Tensor:
+    """The coefficient ``c`` with ``ε = c · g`` (see the module docstring); broadcasts over batches.
+
+    ``c = ρ ((1 − λ) + λ / (‖g‖ + eps))`` with λ from :func:`resolve_lam`; wherever ``‖g‖ = 0`` the
+    normalized part is dropped (a zero gradient gives a zero perturbation, never NaN).
+
+    >>> perturbation_scale(torch.tensor(2.0), 0.1, eps=0.0)
+    tensor(0.0500)
+    >>> perturbation_scale(torch.tensor(0.0), 0.1, eps=0.0)      # zero gradient: no NaN
+    tensor(0.)
+    """
+    lam_v = resolve_lam(normalization, lam)
+    if eps < 0 or not math.isfinite(eps):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    norm = torch.as_tensor(norm)
+    rho = torch.as_tensor(rho, dtype=norm.dtype, device=norm.device)
+    if lam_v == 0.0:
+        return rho * torch.ones_like(norm)
+    positive = norm > 0
+    inv = torch.where(positive, 1.0 / torch.where(positive, norm + eps, torch.ones_like(norm)), torch.zeros_like(norm))
+    return rho * ((1.0 - lam_v) + lam_v * inv)
+
+
+def adaptive_scale(param: Tensor, adaptive_eta: float = 0.01) -> Tensor:
+    """ASAM's elementwise scaling ``T_w = |w| + adaptive_eta`` (Kwon et al. 2021, official ASAM)."""
+    return param.detach().abs().add_(adaptive_eta)
+
+
+def perturbation(
+    grads: Sequence[Tensor],
+    rho: float,
+    *,
+    normalization: str = "l2",
+    lam: float | None = None,
+    eps: float = 1e-12,
+    params: Sequence[Tensor] | None = None,
+    adaptive: bool = False,
+    adaptive_eta: float = 0.01,
+    foreach: bool = True,
+) -> list[Tensor]:
+    """The perturbation ε for a list of gradients (a new list; nothing is modified).
+
+    Without ``adaptive``: ``ε = c · g`` with ``c = perturbation_scale(‖g‖, ρ, ...)``.
+    With ``adaptive=True`` (ASAM): ``T = |w| + adaptive_eta``, ``ε = c · T² g`` with ``c`` computed from
+    ``‖T g‖``; ``params`` must then be given. SAM's ε has norm ρ; USAM's is ρ g.
+
+    >>> e = perturbation([torch.tensor([1.0, 1.0])], rho=1.0, normalization="none")
+    >>> e[0].tolist()
+    [1.0, 1.0]
+    """
+    rho = check_rho(rho)
+    grads = list(grads)
+    if not grads:
+        return []
+    if adaptive:
+        if params is None or len(params) != len(grads):
+            raise ValueError("adaptive=True needs params, one per gradient")
+        scales = [adaptive_scale(p, adaptive_eta) for p in params]
+        tg = [s * g for s, g in zip(scales, grads)]
+        c = perturbation_scale(global_norm(tg, foreach=foreach), rho, normalization=normalization, lam=lam, eps=eps)
+        return [(s * t) * c.to(t.device, t.dtype) for s, t in zip(scales, tg)]
+    c = perturbation_scale(global_norm(grads, foreach=foreach), rho, normalization=normalization, lam=lam, eps=eps)
+    if foreach:
+        return list(torch._foreach_mul(grads, [c.to(g.device, g.dtype) for g in grads]))
+    return [g * c.to(g.device, g.dtype) for g in grads]
