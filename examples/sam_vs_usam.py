@@ -19,11 +19,13 @@ def run(cls, rho: float, steps: int = 300) -> float:
     w = torch.nn.Parameter(torch.ones(3))
     opt = cls([w], torch.optim.SGD, rho=rho, lr=eta)
     for _ in range(steps):
+
         def closure():
             opt.zero_grad()
             loss = 0.5 * (eigs * w * w).sum()
             loss.backward()
             return loss
+
         try:
             opt.step(closure)
         except samkit.NonFiniteGradientError:
@@ -33,9 +35,13 @@ def run(cls, rho: float, steps: int = 300) -> float:
     return float(0.5 * (eigs * w * w).sum())
 
 
-print(f"quadratic with eigenvalues {eigs.tolist()}, beta = {beta}, eta = {eta:.3f} (GD threshold 2/beta = {2 / beta:.3f})")
+print(
+    f"quadratic with eigenvalues {eigs.tolist()}, beta = {beta}, eta = {eta:.3f} (GD threshold 2/beta = {2 / beta:.3f})"
+)
 print(f"{'rho':>6} {'USAM threshold 2/(b+rho b^2)':>30} {'SAM final loss':>15} {'USAM final loss':>16}")
 for rho in (0.0, 0.005, 0.01, 0.05, 0.1, 0.5):
     thr = 2 / (beta + rho * beta**2)
     print(f"{rho:6.3f} {thr:30.4f} {run(samkit.SAM, rho):15.3e} {run(samkit.USAM, rho):16.3e}")
-print("SAM's loss stays finite for every rho (it settles in an O(rho) cycle); USAM diverges (inf) once eta > 2/(b+rho b^2).")
+print(
+    "SAM's loss stays finite for every rho (it settles in an O(rho) cycle); USAM diverges (inf) once eta > 2/(b+rho b^2)."
+)

@@ -77,9 +77,7 @@ def resolve_lam(normalization: str, lam: float | None) -> float:
     (1.0, 0.0, 0.25)
     """
     if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"unknown normalization {normalization!r}; allowed: {', '.join(map(repr, NORMALIZATIONS))}"
-        )
+        raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(map(repr, NORMALIZATIONS))}")
     if lam is not None:
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0.0 <= float(lam) <= 1.0):
             raise ValueError(f"lam must be a number in [0, 1], got {lam!r}")
@@ -130,7 +128,9 @@ def global_norm(tensors: Sequence[Tensor], *, foreach: bool = True) -> Tensor:
 
     def per_tensor(ts: Sequence[Tensor], ord: float) -> Tensor:
         if foreach:
-            norms = torch._foreach_norm([t.to(_norm_dtype(t)) if t.dtype not in (torch.float32, torch.float64) else t for t in ts], ord)
+            norms = torch._foreach_norm(
+                [t.to(_norm_dtype(t)) if t.dtype not in (torch.float32, torch.float64) else t for t in ts], ord
+            )
         else:
             norms = [torch.linalg.vector_norm(t, ord, dtype=_norm_dtype(t)) for t in ts]
         return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
@@ -138,7 +138,7 @@ def global_norm(tensors: Sequence[Tensor], *, foreach: bool = True) -> Tensor:
     total = _combine_norms(per_tensor(tensors, 2.0))
     finfo = torch.finfo(dtype)
     value = float(total)
-    if math.isfinite(value) and (value == 0.0 or value > math.sqrt(finfo.tiny) / finfo.eps):
+    if math.isfinite(value) and value > math.sqrt(finfo.tiny) / finfo.eps:
         return total
     # Slow, exact path: rescale by the global max-abs first.
     amax = per_tensor(tensors, math.inf).amax()
@@ -154,8 +154,8 @@ def batched_norm(x: Tensor, start_dim: int = 1) -> Tensor:
     Used by the dynamics lab, where iterates are stacked along a leading batch axis. Always exact over
     the whole floating-point range (the rescaling by max-abs is always done; it is cheap there).
 
-    >>> batched_norm(torch.tensor([[3e-200, 4e-200], [0.0, 0.0]], dtype=torch.float64))
-    tensor([5.0000e-200, 0.0000e+00], dtype=torch.float64)
+    >>> batched_norm(torch.tensor([[3e-200, 4e-200], [0.0, 0.0]], dtype=torch.float64)).tolist()
+    [5e-200, 0.0]
     """
     flat = x.flatten(start_dim) if x.dim() > start_dim else x.unsqueeze(-1)
     m = flat.abs().amax(dim=-1, keepdim=True)

@@ -47,7 +47,9 @@ class SmallCNN(nn.Module):
             nn.MaxPool2d(2),
         )
         side = image_size // 4
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU(), nn.Linear(128, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -75,7 +77,9 @@ class ResNet20(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         blocks: list[nn.Module] = []
         cin = width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):

@@ -241,9 +241,15 @@ class SAM(Optimizer):
 
         eps_norms = []
         all_params: list[Tensor] = []
-        for (group, rho, params, vecs, scales), gnorm in zip(per_group, norms):
+        for (_group, rho, params, vecs, scales), gnorm in zip(per_group, norms):
             coef = float(
-                perturbation_scale(norm, rho, normalization=self.normalization, lam=self.lam if self.normalization == "unified" else None, eps=self.eps)
+                perturbation_scale(
+                    norm,
+                    rho,
+                    normalization=self.normalization,
+                    lam=self.lam if self.normalization == "unified" else None,
+                    eps=self.eps,
+                )
             )
             backups = [self._backup_for(p) for p in params]
             _copy_(backups, params, fe)
@@ -265,7 +271,9 @@ class SAM(Optimizer):
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore the weights and take the base optimizer's step with the gradients now in ``.grad``."""
         if self._stage != "perturbed":
-            raise RuntimeError("second_step() called before first_step(): call first_step() after the first backward pass")
+            raise RuntimeError(
+                "second_step() called before first_step(): call first_step() after the first backward pass"
+            )
         # Restore exactly the parameters perturbed in this step (in place; storage is never rebound),
         # including those that got no gradient in the second pass.
         _copy_(self._perturbed, [self._backup[p] for p in self._perturbed], self.foreach)
