@@ -1,0 +1,115 @@
+"""The ``samkit`` command line: commands, one-line errors with exit code 2, resume, report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from samkit.cli import main
+from samkit.experiments import Claim, Experiment, Figure, Unit, register
+from samkit.experiments.plotting import new_figure, save_figure
+
+
+class CliToy(Experiment):
+    name = "CLITOY"
+    title = "CLI toy"
+    summary = "Adds numbers."
+    presets = {p: {"seed": 0, "n": n, "scale": 1.0} for p, n in (("tiny", 2), ("quick", 3), ("full", 4))}
+
+    def units(self, config):
+        return [Unit(f"u{i}", {"i": i, "scale": config["scale"]}) for i in range(config["n"])]
+
+    def run_unit(self, params):
+        return {"v": params["i"] * params["scale"]}
+
+    def tables(self, config, results):
+        return {"values": [{"unit": k, "v": r["v"]} for k, r in results.items()]}
+
+    def claims(self, config, data):
+        v = data["values"].col("v")
+        return [Claim("CT.1", "values are non-negative", "-", "min v >= 0", f"min v = {v.min()}", "-", v.min() >= 0)]
+
+    def figures(self, config, data, fig_dir):
+        fig, ax = new_figure()
+        ax[0, 0].plot(data["values"].col("v"))
+        save_figure(fig, fig_dir / "v.png")
+        return [Figure("v.png", "Values", "The values.", ["CT.1"], ["data/values.csv"])]
+
+
+register(CliToy)
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "CLITOY" in out and "E1" in out
+
+
+def test_run_then_report(tmp_path: Path, capsys):
+    assert main(["run", "clitoy", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1/1 claims PASS" in out and "0 cached" in out
+    assert main(["run", "CLITOY", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "2 cached" in capsys.readouterr().out
+    (tmp_path / "CLITOY" / "figures" / "v.png").unlink()
+    assert main(["report", str(tmp_path)]) == 0  # redraws from the saved CSV
+    assert (tmp_path / "CLITOY" / "figures" / "v.png").exists()
+    assert json.loads((tmp_path / "claims.json").read_text())["all_pass"]
+
+
+def test_failing_claim_exits_1(tmp_path: Path, capsys):
+    code = main(["run", "CLITOY", "--preset", "tiny", "--out", str(tmp_path), "--set", "scale=-1", "--no-progress"])
+    assert code == 1
+    assert "[FAIL] CT.1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["run", "E99"], "unknown experiment 'E99'"),
+        (["run", "CLITOY", "--set", "nope=1"], "unknown config key 'nope'"),
+        (["run", "CLITOY", "--set", "n=two"], "n: expected an integer"),
+        (["run", "CLITOY", "--preset", "huge"], "unknown preset 'huge'"),
+        (["report", "/nonexistent/dir"], "no such results directory"),
+        (["frobnicate"], "invalid choice"),
+        (["run"], "required"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(argv, msg, tmp_path: Path, capsys):
+    if argv[0] == "run":
+        argv = [*argv, "--out", str(tmp_path)]
+    with (
+        pytest.raises(SystemExit) if argv[0] in ("frobnicate",) or argv == ["run", "--out", str(tmp_path)] else _noop()
+    ):
+        code = main(argv)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+class _noop:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_unwritable_out_dir(tmp_path: Path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", "CLITOY", "--preset", "tiny", "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to output directory" in err and err.count("\n") == 1
+
+
+def test_console_script_error_exit_code(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "samkit.cli", "run", "E99", "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("samkit: error: unknown experiment") and proc.stderr.count("\n") == 1
