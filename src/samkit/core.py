@@ -45,6 +45,7 @@ __all__ = [
     "check_rho",
     "global_norm",
     "batched_norm",
+    "nonfinite",
     "perturbation_scale",
     "adaptive_scale",
     "perturbation",
@@ -123,17 +124,22 @@ def global_norm(tensors: Sequence[Tensor], *, foreach: bool = True) -> Tensor:
     tensors = list(tensors)
     if not tensors:
         return torch.zeros(())
-    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    dtypes = {t.dtype for t in tensors}
+    dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+    exotic = not dtypes <= {torch.float32, torch.float64}
     device = tensors[0].device
 
     def per_tensor(ts: Sequence[Tensor], ord: float) -> Tensor:
         if foreach:
-            norms = torch._foreach_norm(
-                [t.to(_norm_dtype(t)) if t.dtype not in (torch.float32, torch.float64) else t for t in ts], ord
-            )
+            src = [t if t.dtype in (torch.float32, torch.float64) else t.float() for t in ts] if exotic else ts
+            norms = torch._foreach_norm(src, ord)
         else:
             norms = [torch.linalg.vector_norm(t, ord, dtype=_norm_dtype(t)) for t in ts]
-        return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
+        try:
+            stacked = torch.stack(norms)  # promotes to float64 when any input is float64
+        except RuntimeError:  # tensors on several devices
+            stacked = torch.stack([n.to(device) for n in norms])
+        return stacked.to(dtype)
 
     total = _combine_norms(per_tensor(tensors, 2.0))
     finfo = torch.finfo(dtype)
@@ -146,6 +152,29 @@ def global_norm(tensors: Sequence[Tensor], *, foreach: bool = True) -> Tensor:
         return amax if not torch.isfinite(amax) else total
     scaled = [t.to(dtype) / amax.to(t.device) for t in tensors]
     return amax * _combine_norms(per_tensor(scaled, 2.0))
+
+
+def nonfinite(tensors: Sequence[Tensor], *, foreach: bool = True) -> bool:
+    """True when any tensor holds an inf or NaN (one fused check per device on the foreach path).
+
+    >>> nonfinite([torch.ones(2), torch.tensor([1.0, float("nan")])]), nonfinite([torch.ones(2)])
+    (True, False)
+    """
+    tensors = list(tensors)
+    if not tensors:
+        return False
+    if not foreach:
+        return not all(bool(torch.isfinite(t).all()) for t in tensors)
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    found = False
+    for device, ts in by_device.items():
+        flag = torch.zeros(1, device=device)
+        # multiplies by exactly 1.0 (values unchanged) and sets flag on inf/NaN: one pass, no reduction tree
+        torch._amp_foreach_non_finite_check_and_unscale_(ts, flag, torch.ones(1, device=device))
+        found = found or bool(flag.item())
+    return found
 
 
 def batched_norm(x: Tensor, start_dim: int = 1) -> Tensor:

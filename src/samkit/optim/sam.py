@@ -10,7 +10,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from samkit.core import _combine_norms, adaptive_scale, check_rho, global_norm, perturbation_scale, resolve_lam
+from samkit.core import (
+    _combine_norms,
+    adaptive_scale,
+    check_rho,
+    global_norm,
+    nonfinite,
+    perturbation_scale,
+    resolve_lam,
+)
 
 __all__ = ["SAM", "USAM", "NonFiniteGradientError", "ProportionalRho", "asam_param_groups"]
 
@@ -170,7 +178,9 @@ class SAM(Optimizer):
             _check_adaptive_eta(group["adaptive_eta"])
 
         self._backup: dict[Tensor, Tensor] = {}
+        self._backup_lists: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
         self._perturbed: list[Tensor] = []
+        self._perturbed_backups: list[Tensor] = []
         self._stage = "idle"  # "idle" | "perturbed"
         self._skip_pending = False
         self.steps = 0
@@ -225,6 +235,7 @@ class SAM(Optimizer):
 
         self._stage = "perturbed"
         self._perturbed = []
+        self._perturbed_backups = []
         if not per_group:
             self.last_grad_norm = self.last_perturbation_norm = None
             return
@@ -241,6 +252,7 @@ class SAM(Optimizer):
 
         eps_norms = []
         all_params: list[Tensor] = []
+        all_backups: list[Tensor] = []
         for (_group, rho, params, vecs, scales), gnorm in zip(per_group, norms):
             coef = float(
                 perturbation_scale(
@@ -251,7 +263,7 @@ class SAM(Optimizer):
                     eps=self.eps,
                 )
             )
-            backups = [self._backup_for(p) for p in params]
+            backups = self._backups_for(params)
             _copy_(backups, params, fe)
             if scales is None:
                 _add_(params, vecs, coef, fe)
@@ -261,7 +273,9 @@ class SAM(Optimizer):
                 _add_(params, e, coef, fe)
                 eps_norms.append(abs(coef) * global_norm(e, foreach=fe).to(device, dtype))
             all_params.extend(params)
+            all_backups.extend(backups)
         self._perturbed = all_params
+        self._perturbed_backups = all_backups
         self.last_grad_norm = norm
         self.last_perturbation_norm = _combine_norms(torch.stack(eps_norms))
         if zero_grad:
@@ -276,12 +290,13 @@ class SAM(Optimizer):
             )
         # Restore exactly the parameters perturbed in this step (in place; storage is never rebound),
         # including those that got no gradient in the second pass.
-        _copy_(self._perturbed, [self._backup[p] for p in self._perturbed], self.foreach)
+        _copy_(self._perturbed, self._perturbed_backups, self.foreach)
         self._perturbed = []
+        self._perturbed_backups = []
         self._stage = "idle"
         if not self._skip_pending:
             grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-            if grads and not math.isfinite(float(global_norm(grads, foreach=self.foreach))):
+            if nonfinite(grads, foreach=self.foreach):
                 self._nonfinite("second")
         if self._skip_pending:
             self._skip_pending = False
@@ -320,17 +335,28 @@ class SAM(Optimizer):
 
     def _restore_after_error(self) -> None:
         with torch.no_grad():
-            _copy_(self._perturbed, [self._backup[p] for p in self._perturbed], self.foreach)
+            _copy_(self._perturbed, self._perturbed_backups, self.foreach)
         self._perturbed = []
         self._stage = "idle"
         self._skip_pending = False
 
-    def _backup_for(self, p: Tensor) -> Tensor:
-        buf = self._backup.get(p)
-        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-            buf = torch.empty_like(p, memory_format=torch.preserve_format)
-            self._backup[p] = buf
-        return buf
+    def _backups_for(self, params: list[Tensor]) -> list[Tensor]:
+        """Persistent backup buffers (allocated once per parameter, reused every step).
+
+        The list for the last seen parameter list is cached, so a steady training loop does no per-tensor
+        Python work here beyond an identity check.
+        """
+        cached = self._backup_lists.get(id(params[0]))
+        if cached is not None and len(cached[0]) == len(params) and all(a is b for a, b in zip(cached[0], params)):
+            return cached[1]
+        out = []
+        for p in params:
+            buf = self._backup.get(p)
+            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+                buf = self._backup[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+            out.append(buf)
+        self._backup_lists[id(params[0])] = (list(params), out)
+        return out
 
     @property
     def is_perturbed(self) -> bool:
