@@ -174,17 +174,21 @@ class Quadratic(Problem):
             self.Q = torch.eye(d, dtype=DTYPE)
         self.A = (self.Q * lam) @ self.Q.T
         self.A = 0.5 * (self.A + self.A.T)
+        self.rotated = bool(rotate)
         self.beta = float(lam.max())
         self.mu = float(lam.min())
 
+    def _apply(self, v: Tensor) -> Tensor:
+        return v @ self.A if self.rotated else v * self.eigenvalues
+
     def _loss(self, x: Tensor) -> Tensor:
-        return 0.5 * ((x @ self.A) * x).sum(1)
+        return 0.5 * (self._apply(x) * x).sum(1)
 
     def _grad(self, x: Tensor) -> Tensor:
-        return x @ self.A
+        return self._apply(x)
 
     def _hvp(self, x: Tensor, v: Tensor) -> Tensor:
-        return v @ self.A
+        return self._apply(v)
 
     def _sharpness(self, x: Tensor) -> Tensor:
         return torch.full((x.shape[0],), self.beta, dtype=DTYPE)
