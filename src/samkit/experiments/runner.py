@@ -16,6 +16,7 @@ never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -143,6 +144,20 @@ def provenance(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def _threads():
+    """Run a unit on ``SAMKIT_THREADS`` torch threads (default 1): small float64 problems run fastest and most
+    predictably single-threaded on a shared machine, and a fixed thread count keeps results bit-identical."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(os.environ.get("SAMKIT_THREADS", "1"))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def unit_hash(exp: Experiment, params: Mapping[str, Any]) -> str:
     """The cache key of a unit: the experiment's name and version and the unit's parameters."""
     return stable_hash({"experiment": exp.name, "version": exp.version, "params": dict(params)})
@@ -230,7 +245,8 @@ def run_experiment(
                     cached = False
             if not cached:
                 t_unit = time.perf_counter()
-                res = exp.run_unit(unit.params)
+                with _threads():
+                    res = exp.run_unit(unit.params)
                 res = _jsonable(res)
                 write_json(
                     path,
