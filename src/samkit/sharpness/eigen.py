@@ -1,0 +1,368 @@
+"""Top-k Hessian eigenvalues by Lanczos (full reorthogonalization) or power iteration (deflation).
+
+"Top" means algebraically largest, returned in descending order. Both solvers see the Hessian only through
+Hessian-vector products and count them (``n_hvp``).
+
+* **Lanczos** builds a Krylov basis, reorthogonalized against all previous vectors twice ("twice is enough"), so
+  the Ritz values are reliable in float32 too. It stops when every one of the top-k Ritz pairs has residual
+  ``||H y - theta y|| <= tol * |theta|`` (read off the tridiagonal matrix for free). A residual bounds the eigenvalue
+  error (there is an eigenvalue within the residual of theta), so this is a guarantee, not a heuristic. On an exact
+  breakdown (an invariant subspace) it restarts from a random vector orthogonal to the basis, so repeated
+  eigenvalues are found when the basis breaks down (single-vector Krylov cannot see a multiplicity otherwise).
+* **Power iteration** (the PyHessian method) iterates ``v <- P H P v`` with ``P`` projecting out the eigenvectors
+  already found (deflation), and stops when the Rayleigh quotient changes by at most ``tol`` relative (PyHessian's
+  rule). Plain power iteration finds the eigenvalue of largest *magnitude*; if that is negative, it is used as a
+  shift ``H - sigma I`` and the iteration restarts, so the result is the algebraically largest eigenvalue too.
+
+>>> import torch
+>>> H = torch.diag(torch.tensor([3.0, -5.0, 1.0, 0.5], dtype=torch.float64))
+>>> top_eigenvalues_fn(H, torch.zeros(4, dtype=torch.float64), k=2, tol=1e-10).eigenvalues.round(decimals=8)
+tensor([3., 1.], dtype=torch.float64)
+>>> top_eigenvalues_fn(H, torch.zeros(4, dtype=torch.float64), k=2, method="power", tol=1e-12).eigenvalues.round(decimals=8)
+tensor([3., 1.], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from samkit.sharpness.hvp import FunctionObjective, LossFn, ModelObjective, Objective
+
+__all__ = ["EigenResult", "top_eigenvalues", "top_eigenvalues_fn", "lanczos", "power_iteration", "METHODS"]
+
+METHODS = ("lanczos", "power")
+Matvec = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class EigenResult:
+    """Top eigenpairs of a symmetric operator.
+
+    ``eigenvalues``: shape ``(k,)``, descending. ``eigenvectors``: shape ``(k, n)``, unit rows (row ``i`` belongs to
+    ``eigenvalues[i]``; for a model, the flat order of ``model.named_parameters()`` with ``requires_grad``).
+    ``residuals``: ``||H v_i - lambda_i v_i||`` (Lanczos: from the recurrence; power: at the last iterate).
+    ``n_hvp``: Hessian-vector products used. ``n_iter``: Lanczos steps, or power iterations summed over eigenvalues.
+    ``converged``: whether every pair met ``tol`` within ``max_iter`` (if not, a ``RuntimeWarning`` was issued).
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residuals: Tensor
+    n_hvp: int
+    n_iter: int
+    converged: bool
+    method: str
+
+
+def _check_args(k: Any, n: int, method: Any, tol: Any, max_iter: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > n:
+        raise ValueError(f"k must be an integer with 1 <= k <= n = {n} (the number of parameters), got {k!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(repr(m) for m in METHODS)}")
+    if not isinstance(tol, (int, float)) or not tol > 0 or not math.isfinite(tol):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+        raise ValueError(f"max_iter must be a positive integer or None, got {max_iter!r}")
+
+
+def _random_unit(
+    n: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device, basis: Tensor | None
+) -> Tensor:
+    """A seeded random unit vector, orthogonal to the rows of ``basis`` (if any)."""
+    for _ in range(10):
+        v = torch.randn(n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+        if basis is not None and basis.shape[0] > 0:
+            for _ in range(2):
+                v = v - basis.T @ (basis @ v)
+        norm = v.norm()
+        if norm > 1e-3:  # the random vector is not (numerically) inside span(basis)
+            return v / norm
+    raise RuntimeError("could not draw a random vector outside the current basis")
+
+
+def lanczos(
+    matvec: Matvec,
+    n: int,
+    k: int = 1,
+    *,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> EigenResult:
+    """Top-``k`` eigenpairs of the symmetric operator ``matvec`` on R^n by Lanczos with full reorthogonalization.
+
+    ``max_iter`` (default ``min(n, max(300, 10 k))``) bounds the Lanczos steps (= Hessian-vector products); the basis
+    takes ``max_iter * n`` numbers of memory.
+
+    >>> import torch
+    >>> A = torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64))
+    >>> r = lanczos(lambda v: A @ v, 6, k=2, tol=1e-12, dtype=torch.float64)
+    >>> r.eigenvalues.round(decimals=8), r.n_hvp <= 6
+    (tensor([6., 5.], dtype=torch.float64), True)
+    """
+    _check_args(k, n, "lanczos", tol, max_iter)
+    max_iter = min(n, max(300, 10 * k)) if max_iter is None else max_iter
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    eps = torch.finfo(dtype).eps
+    cap = min(n, max_iter, 32)
+    Q = torch.zeros(cap, n, dtype=dtype, device=device)
+    Q[0] = _random_unit(n, gen, dtype, device, None)
+    alphas: list[float] = []
+    betas: list[float] = []  # betas[j] couples Q[j] and Q[j+1] (0.0 after a restart)
+    m = 0  # number of basis vectors whose product has been taken
+    n_hvp = 0
+    converged = False
+    theta = S = None
+    top = torch.arange(0)
+    resid = torch.zeros(0, dtype=torch.float64)
+    while m < max_iter:
+        q = Q[m]
+        w = matvec(q).to(device=device, dtype=dtype)
+        n_hvp += 1
+        alpha = float(q @ w)
+        w = w - alpha * q
+        if m > 0 and betas[m - 1] != 0.0:
+            w = w - betas[m - 1] * Q[m - 1]
+        basis = Q[: m + 1]
+        for _ in range(2):  # full reorthogonalization, twice
+            w = w - basis.T @ (basis @ w)
+        beta = float(w.norm())
+        alphas.append(alpha)
+        m += 1
+        T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if m > 1:
+            off = torch.tensor(betas[: m - 1], dtype=torch.float64)
+            T += torch.diag(off, 1) + torch.diag(off, -1)
+        theta, S = torch.linalg.eigh(T)
+        scale = float(theta.abs().max())
+        breakdown = beta <= 100 * eps * max(scale, float(abs(alpha)), 1e-300) or m >= n
+        resid = beta * S[-1].abs()  # ||H y_i - theta_i y_i|| for the Ritz pairs
+        if m >= k:
+            top = torch.argsort(theta, descending=True)[:k]
+            ok = resid[top] <= tol * theta[top].abs() + 10 * eps * scale
+            if m >= n or (not breakdown and bool(ok.all())):
+                converged = True
+                break
+        if m >= max_iter:
+            break
+        if m >= Q.shape[0]:  # grow the basis buffer
+            grown = torch.zeros(min(n, max_iter, 2 * Q.shape[0]), n, dtype=dtype, device=device)
+            grown[:m] = Q[:m]
+            Q = grown
+        if breakdown:  # invariant subspace: restart orthogonally to everything found so far
+            Q[m] = _random_unit(n, gen, dtype, device, Q[:m])
+            betas.append(0.0)
+        else:
+            Q[m] = w / beta
+            betas.append(beta)
+    assert theta is not None and S is not None
+    if m < k:  # max_iter < k: not enough Ritz values
+        raise ValueError(f"max_iter = {max_iter} Lanczos steps cannot give k = {k} eigenvalues; use max_iter >= k")
+    top = torch.argsort(theta, descending=True)[:k]
+    vecs = (S[:, top].T.to(dtype) @ Q[:m]).contiguous()
+    vecs = vecs / vecs.norm(dim=1, keepdim=True)
+    res = resid[top] if not (m >= n) else torch.zeros(k, dtype=torch.float64)
+    if not converged:
+        warnings.warn(
+            f"Lanczos did not reach tol={tol} within max_iter={max_iter} steps; returning the current estimates",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return EigenResult(theta[top].to(dtype), vecs, res.to(dtype), n_hvp, m, converged, "lanczos")
+
+
+def power_iteration(
+    matvec: Matvec,
+    n: int,
+    k: int = 1,
+    *,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> EigenResult:
+    """Top-``k`` eigenpairs by power iteration with deflation (``max_iter`` per eigenvalue, default 1000).
+
+    >>> import torch
+    >>> A = torch.diag(torch.tensor([4.0, 1.0, 0.5], dtype=torch.float64))
+    >>> r = power_iteration(lambda v: A @ v, 3, k=1, tol=1e-12, dtype=torch.float64)
+    >>> round(float(r.eigenvalues[0]), 9)
+    4.0
+    """
+    _check_args(k, n, "power", tol, max_iter)
+    max_iter = 1000 if max_iter is None else max_iter
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    eps = torch.finfo(dtype).eps
+    U = torch.zeros(0, n, dtype=dtype, device=device)
+    lams: list[float] = []
+    res: list[float] = []
+    n_hvp = n_iter = 0
+    converged_all = True
+    for _ in range(k):
+        sigma = 0.0
+        v = _random_unit(n, gen, dtype, device, U)
+        lam_prev: float | None = None
+        lam, r, done, it = 0.0, math.inf, False, 0
+        while it < max_iter:
+            it += 1
+            w = matvec(v).to(device=device, dtype=dtype)
+            n_hvp += 1
+            if U.shape[0]:
+                w = w - U.T @ (U @ w)
+            lam = float(v @ w)
+            r = float((w - lam * v).norm())
+            z = w - sigma * v
+            nz = float(z.norm())
+            small = 10 * eps * max(abs(lam), float(w.norm()), 1e-300)
+            if nz <= small:  # v is an exact eigenvector with eigenvalue sigma (or the operator vanishes here)
+                done = True
+            elif lam_prev is not None and abs(lam - lam_prev) <= tol * abs(lam) + small:
+                done = True
+            if done and lam - sigma < -small:
+                # Converged to the dominant eigenvalue of H - sigma I, which is negative: shift past it, restart.
+                sigma, lam_prev, done = lam, None, False
+                v = _random_unit(n, gen, dtype, device, U)
+                continue
+            if done:
+                break
+            lam_prev = lam
+            v = z / nz
+        n_iter += it
+        converged_all &= done
+        U = torch.cat([U, v[None]])
+        lams.append(lam)
+        res.append(r)
+    if not converged_all:
+        warnings.warn(
+            f"power iteration did not reach tol={tol} within max_iter={max_iter} iterations; returning estimates",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    vals = torch.tensor(lams, dtype=dtype)
+    order = torch.argsort(vals, descending=True)  # deflation finds them in order up to ties and tolerance
+    return EigenResult(
+        vals[order], U[order.to(device)], torch.tensor(res, dtype=dtype)[order], n_hvp, n_iter, converged_all, "power"
+    )
+
+
+def _solve(obj: Objective, k: int, method: str, tol: float, max_iter: int | None, seed: int) -> EigenResult:
+    _check_args(k, obj.n, method, tol, max_iter)
+    solver = lanczos if method == "lanczos" else power_iteration
+    return solver(obj.hvp, obj.n, k, tol=tol, max_iter=max_iter, seed=seed, dtype=obj.dtype, device=obj.device)
+
+
+def top_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[tuple[Any, Any]],
+    k: int = 1,
+    *,
+    method: str = "lanczos",
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+    train_mode: bool = False,
+    dtype: torch.dtype | None = None,
+) -> EigenResult:
+    """Top-``k`` eigenvalues (descending) and eigenvectors of the Hessian of the dataset loss of ``model``.
+
+    The loss is exact over all ``batches`` (see :class:`~samkit.sharpness.hvp.ModelObjective`): BatchNorm and
+    dropout in eval mode unless ``train_mode=True``; the model's modes, parameters, ``.grad`` and buffers are left
+    exactly as they were. ``dtype=torch.float64`` computes on float64 copies. ``method`` is ``"lanczos"`` (default,
+    faster) or ``"power"``; ``tol`` is relative (see the module docstring for each method's stopping rule);
+    ``max_iter`` bounds Lanczos steps (default ``min(n, max(300, 10 k))``) or power iterations per eigenvalue
+    (default 1000); ``seed`` fixes the random start.
+
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1, bias=False)
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> r = top_eigenvalues(model, torch.nn.functional.mse_loss, [(x, torch.zeros(2, 1))], k=2, tol=1e-6)
+    >>> r.eigenvalues.round(decimals=4)  # H = 2 X^T X / 2 = diag(1, 4)
+    tensor([4., 1.])
+    """
+    obj = ModelObjective(model, loss_fn, batches, train_mode=train_mode, dtype=dtype)
+    return _solve(obj, k, method, tol, max_iter, seed)
+
+
+class _MatrixObjective(Objective):
+    def __init__(self, matvec: Matvec, x: Tensor) -> None:
+        self.matvec = matvec
+        self.dtype = x.dtype
+        self.device = x.device
+        self.w0 = x.detach().reshape(-1)
+        self.n = self.w0.numel()
+        self.n_hvp = 0
+
+    def hvp(self, v: Tensor, w: Tensor | None = None) -> Tensor:
+        self.n_hvp += 1
+        out = self.matvec(self._vec(v))
+        if not isinstance(out, Tensor) or out.shape != (self.n,):
+            raise ValueError(f"the Hessian-vector product must return a flat vector of {self.n} entries")
+        return out.to(self.dtype)
+
+
+def function_objective(f_or_hvp: Callable[[Tensor], Tensor] | Tensor, x: Tensor) -> Objective:
+    """An objective from a scalar function, a Hessian-vector-product callable, or a symmetric matrix.
+
+    ``f_or_hvp`` may be: a function ``f(x)`` returning a scalar (its Hessian at ``x`` is used); a callable
+    ``v -> H v`` returning a vector shaped like ``x`` (then ``x`` only gives the size, dtype and device); or a square
+    matrix ``H`` of side ``x.numel()``. The two callables are told apart by calling ``f_or_hvp(x)`` once.
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.numel() == 0:
+        raise ValueError("x must be a non-empty floating-point torch.Tensor")
+    n = x.numel()
+    if isinstance(f_or_hvp, Tensor):
+        H = f_or_hvp.to(device=x.device, dtype=x.dtype)
+        if H.shape != (n, n):
+            raise ValueError(
+                f"a Hessian matrix must have shape ({n}, {n}) for x with {n} entries, got {tuple(H.shape)}"
+            )
+        return _MatrixObjective(lambda v: H @ v, x)
+    if not callable(f_or_hvp):
+        raise ValueError(f"f_or_hvp must be a function, a Hessian-vector product or a matrix, got {type(f_or_hvp)}")
+    with torch.no_grad():
+        probe = f_or_hvp(x)
+    if isinstance(probe, Tensor) and probe.dim() == 0:
+        return FunctionObjective(f_or_hvp, x)
+    if isinstance(probe, Tensor) and probe.numel() == n and probe.dim() > 0:
+        shape = x.shape
+        return _MatrixObjective(lambda v: f_or_hvp(v.reshape(shape)).reshape(-1), x)
+    raise ValueError(
+        "f_or_hvp(x) must return a scalar (a function) or a tensor shaped like x (a Hessian-vector product), "
+        f"got {type(probe).__name__} {tuple(getattr(probe, 'shape', ()))}"
+    )
+
+
+def top_eigenvalues_fn(
+    f_or_hvp: Callable[[Tensor], Tensor] | Tensor,
+    x: Tensor,
+    k: int = 1,
+    *,
+    method: str = "lanczos",
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+) -> EigenResult:
+    """Top-``k`` Hessian eigenvalues of a function of a flat tensor at ``x`` (see :func:`function_objective`).
+
+    Computes in ``x.dtype``. Example: the single-neuron loss ``log cosh(x y)`` at the minimum ``(0, y)`` has top
+    eigenvalue ``y^2``:
+
+    >>> import torch
+    >>> f = lambda p: torch.log(torch.cosh(p[0] * p[1]))
+    >>> top_eigenvalues_fn(f, torch.tensor([0.0, 1.5], dtype=torch.float64), tol=1e-10).eigenvalues.round(decimals=8)
+    tensor([2.2500], dtype=torch.float64)
+    """
+    return _solve(function_objective(f_or_hvp, x), k, method, tol, max_iter, seed)
