@@ -4,9 +4,10 @@
 Hessian-vector products and count them (``n_hvp``).
 
 * **Lanczos** builds a Krylov basis, reorthogonalized against all previous vectors twice ("twice is enough"), so
-  the Ritz values are reliable in float32 too. It stops when every one of the top-k Ritz pairs has residual
-  ``||H y - theta y|| <= tol * |theta|`` (read off the tridiagonal matrix for free). A residual bounds the eigenvalue
-  error (there is an eigenvalue within the residual of theta), so this is a guarantee, not a heuristic. On an exact
+  the Ritz values are reliable in float32 too. Each Ritz pair's residual ``r = ||H y - theta y||`` is read off the
+  tridiagonal matrix for free; it stops when every one of the top-k Ritz values has estimated error
+  ``min(r, r^2 / gap) <= tol * |theta|``, with ``gap`` the distance to the nearest other Ritz value (Parlett's gap
+  bound: ``r`` always bounds the error, ``r^2 / gap`` does once the Ritz values have separated). On an exact
   breakdown (an invariant subspace) it restarts from a random vector orthogonal to the basis, so repeated
   eigenvalues are found when the basis breaks down (single-vector Krylov cannot see a multiplicity otherwise).
 * **Power iteration** (the PyHessian method) iterates ``v <- P H P v`` with ``P`` projecting out the eigenvectors
@@ -149,7 +150,12 @@ def lanczos(
         resid = beta * S[-1].abs()  # ||H y_i - theta_i y_i|| for the Ritz pairs
         if m >= k:
             top = torch.argsort(theta, descending=True)[:k]
-            ok = resid[top] <= tol * theta[top].abs() + 10 * eps * scale
+            err = resid[top]
+            if m > 1:  # gap estimate: |lambda - theta| <= r^2 / gap (Parlett), gap to the nearest other Ritz value
+                dist = (theta[top, None] - theta[None, :]).abs()
+                dist[torch.arange(k), top] = math.inf
+                err = torch.minimum(err, err**2 / dist.min(dim=1).values)
+            ok = err <= tol * theta[top].abs() + 10 * eps * scale
             if m >= n or (not breakdown and bool(ok.all())):
                 converged = True
                 break
