@@ -1,0 +1,142 @@
+"""samkit.train: CLI outputs, bad flags, bit-identical resume, the diverged path, and 2-process torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from samkit.train import TrainConfig, TrainError, main, train
+
+SMALL = dict(dataset="synthetic", model="mlp", batch_size=32, synthetic_train=96, synthetic_test=48, image_size=8)
+SMALL_ARGS = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "32", "--synthetic-train", "96",
+              "--synthetic-test", "48", "--image-size", "8", "--no-progress", "--threads", "1"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_cli_writes_csv_checkpoint_and_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main([*SMALL_ARGS, "--optimizer", "sam", "--epochs", "2", "--sharpness-every", "1",
+                 "--sharpness-batches", "1", "--sharpness-batch-size", "32", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    rows = _rows(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["status"] == "ok" for r in rows)
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "eps_norm", "top_eigenvalue"):
+        assert all(float(r[key]) == float(r[key]) for r in rows), key  # present and not NaN
+    assert abs(float(rows[0]["eps_norm"]) - 0.05) < 1e-5  # SAM: ‖ε‖ = ρ
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 2
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["status"] == "completed"
+    assert "completed" in capsys.readouterr().out
+    # rerunning into the same folder without --resume is refused; with --resume it is a no-op
+    assert main([*SMALL_ARGS, "--optimizer", "sam", "--epochs", "2", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--optimizer", "adam"], "invalid choice"),
+        (["--rho", "abc"], "invalid float"),
+        (["--optimizer", "unified"], "needs --lam"),
+        (["--optimizer", "sam", "--lam", "0.5"], "only used with --optimizer unified"),
+        (["--rho", "-1"], "--rho must be"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "cifar-10-python.tar.gz"),
+    ],
+)
+def test_bad_flags_print_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    try:
+        code = main([*SMALL_ARGS, "--out", str(tmp_path / "x"), *argv])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("samkit train: error:")
+
+
+@pytest.mark.parametrize("optimizer", ["sam", "usam", "sgd"])
+def test_resume_after_interruption_is_bit_identical(tmp_path, optimizer):
+    cfg = dict(SMALL, optimizer=optimizer, epochs=3, progress=False, rho=0.1)
+    straight = train(TrainConfig(**cfg, out=str(tmp_path / "a")))
+    part = train(TrainConfig(**cfg, out=str(tmp_path / "b")), stop_after_epoch=1)
+    assert part["status"] == "interrupted"
+    resumed = train(TrainConfig(**cfg, out=str(tmp_path / "b")), resume=True)
+    assert resumed["status"] == "completed"
+    for k, v in straight["params"].items():
+        assert torch.equal(v, resumed["params"][k]), k
+    a, b = _rows(tmp_path / "a" / "metrics.csv"), _rows(tmp_path / "b" / "metrics.csv")
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a] == [
+        {k: v for k, v in r.items() if k not in drop} for r in b
+    ]
+
+
+def test_resume_rejects_a_changed_config(tmp_path):
+    cfg = dict(SMALL, optimizer="sam", epochs=2, progress=False)
+    train(TrainConfig(**cfg, out=str(tmp_path / "r")), stop_after_epoch=1)
+    with pytest.raises(TrainError, match="rho: 0.05 -> 0.2"):
+        train(TrainConfig(**dict(cfg, rho=0.2), out=str(tmp_path / "r")), resume=True)
+    with pytest.raises(TrainError, match="no checkpoint"):
+        train(TrainConfig(**cfg, out=str(tmp_path / "none")), resume=True)
+
+
+def test_resnet20_with_batchnorm_trains_and_resumes(tmp_path):
+    cfg = dict(SMALL, model="resnet20", optimizer="sam", epochs=2, progress=False, synthetic_train=32,
+               synthetic_test=16, batch_size=16, image_size=8, channels=3, augment=True)  # fmt: skip
+    straight = train(TrainConfig(**cfg, out=str(tmp_path / "a")))
+    train(TrainConfig(**cfg, out=str(tmp_path / "b")), stop_after_epoch=1)
+    resumed = train(TrainConfig(**cfg, out=str(tmp_path / "b")), resume=True)
+    for k, v in straight["params"].items():  # includes BatchNorm running statistics
+        assert torch.equal(v, resumed["params"][k]), k
+
+
+def test_nan_loss_ends_the_run_as_diverged(tmp_path, capsys):
+    out = tmp_path / "div"
+    code = main([*SMALL_ARGS, "--optimizer", "usam", "--rho", "1e4", "--lr", "5", "--momentum", "0",
+                 "--schedule", "constant", "--epochs", "5", "--out", str(out)])  # fmt: skip
+    assert code == 0  # divergence is a result, not a crash
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_epoch"] >= 1 and summary["diverged_step"] >= 1
+    rows = _rows(out / "metrics.csv")
+    assert rows[-1]["status"] == "diverged" and rows[-1]["epoch"] == str(summary["diverged_epoch"])
+    assert "diverged" in capsys.readouterr().err
+    # resuming a diverged run does nothing and keeps the verdict
+    again = train(TrainConfig(**dict(SMALL, optimizer="usam", rho=1e4, lr=5.0, momentum=0.0, schedule="constant",
+                                     epochs=5, progress=False, threads=1, out=str(out))), resume=True)  # fmt: skip
+    assert again["status"] == "diverged"
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "samkit.train",
+           *SMALL_ARGS, "--optimizer", "sam", "--epochs", "2", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    rows = _rows(out / "metrics.csv")
+    assert len(rows) == 2 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    # each rank saw half of the 96 examples per epoch: 2 ranks × 2 batches of ≤ 32
+    assert rows[0]["step"] == "2"
+    assert proc.stdout.count("epoch 1/2") == 1  # only rank 0 prints
