@@ -5,13 +5,14 @@ Implements the system of *The Crucial Role of Normalization in Sharpness-Aware M
 """
 
 from samkit.core import global_norm, perturbation, perturbation_scale
-from samkit.optim import SAM, USAM, NonFiniteGradientError, ProportionalRho, asam_param_groups
+from samkit.optim import GSAM, SAM, USAM, NonFiniteGradientError, ProportionalRho, asam_param_groups
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SAM",
     "USAM",
+    "GSAM",
     "NonFiniteGradientError",
     "ProportionalRho",
     "asam_param_groups",

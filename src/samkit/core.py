@@ -46,6 +46,7 @@ __all__ = [
     "global_norm",
     "batched_norm",
     "nonfinite",
+    "unscale_",
     "perturbation_scale",
     "adaptive_scale",
     "perturbation",
@@ -154,27 +155,45 @@ def global_norm(tensors: Sequence[Tensor], *, foreach: bool = True) -> Tensor:
     return amax * _combine_norms(per_tensor(scaled, 2.0))
 
 
-def nonfinite(tensors: Sequence[Tensor], *, foreach: bool = True) -> bool:
-    """True when any tensor holds an inf or NaN (one fused check per device on the foreach path).
+def unscale_(tensors: Sequence[Tensor], inv_scale: float, *, foreach: bool = True) -> bool:
+    """Multiply every tensor by ``inv_scale`` in place; return True when any holds an inf or NaN.
 
-    >>> nonfinite([torch.ones(2), torch.tensor([1.0, float("nan")])]), nonfinite([torch.ones(2)])
-    (True, False)
+    One fused pass per device on the foreach path (``torch._amp_foreach_non_finite_check_and_unscale_``,
+    the kernel behind ``GradScaler.unscale_``). With ``inv_scale=1.0`` the values are unchanged.
+
+    >>> g = [torch.tensor([2.0, 4.0])]
+    >>> unscale_(g, 0.5), g[0].tolist()
+    (False, [1.0, 2.0])
     """
     tensors = list(tensors)
     if not tensors:
         return False
     if not foreach:
-        return not all(bool(torch.isfinite(t).all()) for t in tensors)
+        found = False
+        for t in tensors:
+            found = found or not bool(torch.isfinite(t).all())
+            if inv_scale != 1.0:
+                t.mul_(inv_scale)
+        return found
     by_device: dict[torch.device, list[Tensor]] = {}
     for t in tensors:
         by_device.setdefault(t.device, []).append(t)
     found = False
     for device, ts in by_device.items():
         flag = torch.zeros(1, device=device)
-        # multiplies by exactly 1.0 (values unchanged) and sets flag on inf/NaN: one pass, no reduction tree
-        torch._amp_foreach_non_finite_check_and_unscale_(ts, flag, torch.ones(1, device=device))
+        inv = torch.full((1,), inv_scale, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(ts, flag, inv)
         found = found or bool(flag.item())
     return found
+
+
+def nonfinite(tensors: Sequence[Tensor], *, foreach: bool = True) -> bool:
+    """True when any tensor holds an inf or NaN (one fused check per device on the foreach path).
+
+    >>> nonfinite([torch.ones(2), torch.tensor([1.0, float("nan")])]), nonfinite([torch.ones(2)])
+    (True, False)
+    """
+    return unscale_(tensors, 1.0, foreach=foreach)
 
 
 def batched_norm(x: Tensor, start_dim: int = 1) -> Tensor:

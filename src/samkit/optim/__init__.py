@@ -1,5 +1,5 @@
 """PyTorch optimizers of the SAM family (SAM, USAM, unified SAM, ASAM) and training helpers."""
 
-from samkit.optim.sam import SAM, USAM, NonFiniteGradientError, ProportionalRho, asam_param_groups
+from samkit.optim.sam import GSAM, SAM, USAM, NonFiniteGradientError, ProportionalRho, asam_param_groups
 
-__all__ = ["SAM", "USAM", "NonFiniteGradientError", "ProportionalRho", "asam_param_groups"]
+__all__ = ["SAM", "USAM", "GSAM", "NonFiniteGradientError", "ProportionalRho", "asam_param_groups"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -18,9 +19,10 @@ from samkit.core import (
     nonfinite,
     perturbation_scale,
     resolve_lam,
+    unscale_,
 )
 
-__all__ = ["SAM", "USAM", "NonFiniteGradientError", "ProportionalRho", "asam_param_groups"]
+__all__ = ["SAM", "USAM", "GSAM", "NonFiniteGradientError", "ProportionalRho", "asam_param_groups"]
 
 _STATE_VERSION = 1
 
@@ -91,6 +93,17 @@ class SAM(Optimizer):
         on_nonfinite: what to do when a gradient (either pass) holds inf/NaN: ``"raise"`` a
             :class:`NonFiniteGradientError` (parameters are left unperturbed), or ``"skip"`` the step
             (parameters and base-optimizer state untouched; counted in ``skipped_steps``).
+        model: the model being trained (optional). When given, (1) the BatchNorm running statistics
+            (``running_mean``, ``running_var``, ``num_batches_tracked`` of every ``_BatchNorm``, SyncBatchNorm
+            included) are those of the first pass: the second forward does not move them (right for
+            ``momentum=None`` too); (2) with a ``DistributedDataParallel`` model and ``perturbation="local"``,
+            :meth:`step` runs the first forward and backward under ``model.no_sync()``.
+        perturbation: ``"local"`` (default; each replica perturbs with its own gradient, Foret et al.'s
+            m-sharpness with m = the per-replica batch) or ``"global"`` (the first-pass gradient is averaged
+            over replicas before the norm: by DDP's own all-reduce, or by an explicit all-reduce when the
+            model is not DDP-wrapped and ``torch.distributed`` is initialized).
+        interval: take the SAM step every ``interval``-th call of :meth:`step` and the plain base step
+            otherwise ("interval SAM", MosaicML Composer's SAM method card). 1 means always SAM.
         **base_kwargs: passed to ``base_optimizer`` when it is a class (``lr``, ``momentum``, ...).
 
     Example:
@@ -126,9 +139,22 @@ class SAM(Optimizer):
         eps: float = 1e-12,
         foreach: bool = True,
         on_nonfinite: str = "raise",
+        model: torch.nn.Module | None = None,
+        perturbation: str = "local",
+        interval: int = 1,
         **base_kwargs: Any,
     ) -> None:
         rho = check_rho(rho)
+        if perturbation not in ("local", "global"):
+            raise ValueError(f"perturbation must be 'local' or 'global', got {perturbation!r}")
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"interval must be an integer >= 1, got {interval!r}")
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+        self.model = model
+        self.perturbation = perturbation
+        self.interval = interval
+        self._calls = 0
         self.lam = resolve_lam(normalization, lam)
         self.normalization = normalization
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
@@ -178,11 +204,13 @@ class SAM(Optimizer):
             _check_adaptive_eta(group["adaptive_eta"])
 
         self._backup: dict[Tensor, Tensor] = {}
+        self._bn_backup: list[tuple[Tensor, Tensor]] = []
         self._backup_lists: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
         self._perturbed: list[Tensor] = []
         self._perturbed_backups: list[Tensor] = []
         self._stage = "idle"  # "idle" | "perturbed"
         self._skip_pending = False
+        self._scaler_recorded = False
         self.steps = 0
         self.skipped_steps = 0
         #: ‖g‖ of the last first pass (the norm actually used: of ``T g`` for ASAM groups), a 0-dim tensor.
@@ -211,12 +239,32 @@ class SAM(Optimizer):
 
     # ------------------------------------------------------------------ the two steps
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
-        """Perturb the weights to ``w + ε`` using the gradients now in ``.grad`` (the first pass)."""
+    def first_step(self, zero_grad: bool = False, *, scaler: Any = None) -> None:
+        """Perturb the weights to ``w + ε`` using the gradients now in ``.grad`` (the first pass).
+
+        With a ``torch.amp.GradScaler`` as ``scaler``, the first-pass gradients (of ``scaler.scale(loss)``)
+        are unscaled here before ε is computed (essential for USAM, whose ε = ρg would otherwise grow with
+        the loss scale). An inf/NaN marks the step as skipped: nothing is perturbed and the scaler records
+        the overflow, so ``second_step(scaler=scaler)`` skips the base step and ``scaler.update()`` lowers
+        the scale.
+        """
         if self._stage == "perturbed":
             raise RuntimeError("first_step() called twice: call second_step() before the next first_step()")
         fe = self.foreach
         self._skip_pending = False
+        self._scaler_recorded = False
+        if scaler is not None and scaler.is_enabled():
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            if unscale_(grads, 1.0 / scaler.get_scale(), foreach=fe):
+                scaler.unscale_(self.base_optimizer)  # records the overflow for scaler.step / scaler.update
+                self._scaler_recorded = True
+                self._skip_pending = True
+                self._stage = "perturbed"
+                self._perturbed, self._perturbed_backups = [], []
+                self.last_grad_norm = self.last_perturbation_norm = None
+                return
+        if self.perturbation == "global":
+            self._all_reduce_grads()
         per_group = []  # (group, params, vectors used for the norm, ASAM scales or None)
         group_norms = []
         for group in self.param_groups:
@@ -276,43 +324,134 @@ class SAM(Optimizer):
             all_backups.extend(backups)
         self._perturbed = all_params
         self._perturbed_backups = all_backups
+        self._snapshot_bn()
+        self._after_perturb(per_group, norm)
         self.last_grad_norm = norm
         self.last_perturbation_norm = _combine_norms(torch.stack(eps_norms))
         if zero_grad:
             self.zero_grad()
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
-        """Restore the weights and take the base optimizer's step with the gradients now in ``.grad``."""
+    def second_step(self, zero_grad: bool = False, *, scaler: Any = None) -> None:
+        """Restore the weights and take the base optimizer's step with the gradients now in ``.grad``.
+
+        With ``scaler``, the second-pass gradients are unscaled by ``scaler.unscale_`` and the step goes
+        through ``scaler.step(base_optimizer)``, which skips it on inf/NaN; call ``scaler.update()`` after.
+        """
         if self._stage != "perturbed":
             raise RuntimeError(
                 "second_step() called before first_step(): call first_step() after the first backward pass"
             )
-        # Restore exactly the parameters perturbed in this step (in place; storage is never rebound),
-        # including those that got no gradient in the second pass.
-        _copy_(self._perturbed, self._perturbed_backups, self.foreach)
-        self._perturbed = []
-        self._perturbed_backups = []
-        self._stage = "idle"
-        if not self._skip_pending:
+        self._restore()
+        use_scaler = scaler is not None and scaler.is_enabled()
+        if use_scaler:
+            if not self._scaler_recorded:
+                scaler.unscale_(self.base_optimizer)
+                grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+                if nonfinite(grads, foreach=self.foreach):
+                    self._skip_pending = True
+            if not self._skip_pending:
+                self._before_base_step()
+            scaler.step(self.base_optimizer)  # skips the base step when the scaler saw inf/NaN
+        elif not self._skip_pending:
             grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
             if nonfinite(grads, foreach=self.foreach):
                 self._nonfinite("second")
+            if not self._skip_pending:
+                self._before_base_step()
+                self.base_optimizer.step()
         if self._skip_pending:
             self._skip_pending = False
             self.skipped_steps += 1
         else:
-            self.base_optimizer.step()
             self.steps += 1
+        self._scaler_recorded = False
         self._opt_called = True  # tells LR schedulers attached to this object that a step happened
         if zero_grad:
             self.zero_grad()
 
+    def _restore(self) -> None:
+        """Put back the weights (and BN statistics) of before the perturbation, in place."""
+        # Exactly the parameters perturbed in this step (storage is never rebound), including those that
+        # got no gradient in the second pass.
+        _copy_(self._perturbed, self._perturbed_backups, self.foreach)
+        self._perturbed = []
+        self._perturbed_backups = []
+        for buf, saved in self._bn_backup:
+            buf.copy_(saved)
+        self._stage = "idle"
+
+    # hooks for variants (GSAM)
+    def _after_perturb(self, per_group: list, norm: Tensor) -> None:
+        pass
+
+    def _before_base_step(self) -> None:
+        pass
+
+    def _snapshot_bn(self) -> None:
+        if self.model is None:
+            self._bn_backup = []
+            return
+        bufs = []
+        for m in self.model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                bufs.extend(b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None)
+        old = {id(b): saved for b, saved in self._bn_backup}
+        pairs = []
+        for b in bufs:
+            saved = old.get(id(b))
+            if saved is None or saved.shape != b.shape or saved.dtype != b.dtype:
+                saved = torch.empty_like(b)
+            saved.copy_(b)
+            pairs.append((b, saved))
+        self._bn_backup = pairs
+
+    def _all_reduce_grads(self) -> None:
+        """``perturbation="global"`` without DDP's own all-reduce: average the first-pass gradient over ranks."""
+        import torch.distributed as dist
+
+        ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+        if ddp or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        world = dist.get_world_size()
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(world)
+
+    def first_pass(self) -> Any:
+        """Context manager for the first forward and backward of the two-step API.
+
+        With a DDP model and ``perturbation="local"`` it is ``model.no_sync()`` (the forward must be inside
+        too, or DDP still all-reduces); otherwise it does nothing.
+
+        >>> import torch, samkit
+        >>> m = torch.nn.Linear(2, 1)
+        >>> opt = samkit.SAM(m.parameters(), torch.optim.SGD, lr=0.1, model=m)
+        >>> with opt.first_pass():
+        ...     m(torch.ones(4, 2)).sum().backward()
+        >>> opt.first_step(zero_grad=True)
+        """
+        if self.perturbation == "local" and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None, *, scaler: Any = None) -> Any:  # type: ignore[override]
         """One full SAM step. ``closure`` must zero the grads, run forward and backward, and return the loss.
 
-        Returns the loss of the first closure call (at the unperturbed weights).
+        Returns the loss of the first closure call (at the unperturbed weights). With a GradScaler, the
+        closure backpropagates ``scaler.scale(loss)`` and you call ``scaler.update()`` after this step::
+
+            def closure():
+                opt.zero_grad()
+                with torch.autocast("cuda", dtype=torch.float16):
+                    loss = loss_fn(model(x), y)
+                scaler.scale(loss).backward()
+                return loss
+            opt.step(closure, scaler=scaler)
+            scaler.update()
         """
         if closure is None:
             raise RuntimeError(
@@ -320,24 +459,131 @@ class SAM(Optimizer):
                 "returns the loss; or use first_step() / second_step()"
             )
         closure = torch.enable_grad()(closure)
-        loss = closure()
-        self.first_step(zero_grad=True)
+        self._calls += 1
+        if self.interval > 1 and (self._calls - 1) % self.interval != 0:
+            return self._plain_step(closure, scaler)
+        with self.first_pass():
+            loss = closure()
+        self.first_step(zero_grad=True, scaler=scaler)
         if self._skip_pending:
-            self.second_step()
+            self.second_step(scaler=scaler)
             return loss
         try:
             closure()
         except BaseException:
             self._restore_after_error()
             raise
+        self.second_step(scaler=scaler)
+        return loss
+
+    @torch.no_grad()
+    def step_accumulated(
+        self,
+        loss_fn: Callable[[Any], Tensor],
+        micro_batches: Sequence[Any],
+        *,
+        mode: str = "full",
+        weights: Sequence[float] | None = None,
+    ) -> Tensor:
+        """One SAM step over a batch given as micro-batches (gradient accumulation), in one of two modes.
+
+        ``loss_fn(micro_batch)`` runs the forward pass and returns the mean loss of that micro-batch (this
+        method calls ``backward``). Micro-batches are weighted by ``weights`` (default: their sizes, the
+        first dimension of the first tensor in each, so that the weighted sum is the full-batch mean).
+
+        * ``mode="full"``: ε from the gradient accumulated over all micro-batches (a first accumulation
+          sweep), the descent gradient accumulated at ``w + ε`` (a second sweep). Equals SAM on the full batch.
+        * ``mode="m-sharpness"``: each micro-batch gets its own ε from its own gradient (m = the micro-batch
+          size); the descent gradients are averaged with the weights. One micro-batch equals plain SAM.
+
+        Returns the weighted mean loss at ``w``.
+
+        >>> import torch, samkit
+        >>> m = torch.nn.Linear(3, 1)
+        >>> opt = samkit.SAM(m.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+        >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+        >>> chunks = [(x[:4], y[:4]), (x[4:], y[4:])]
+        >>> loss = opt.step_accumulated(lambda b: torch.nn.functional.mse_loss(m(b[0]), b[1]), chunks)
+        """
+        if mode not in ("full", "m-sharpness"):
+            raise ValueError(f"mode must be 'full' or 'm-sharpness', got {mode!r}")
+        batches = list(micro_batches)
+        if not batches:
+            raise ValueError("micro_batches is empty")
+        if weights is None:
+            weights = [float(_batch_size(b)) for b in batches]
+        if len(weights) != len(batches) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weights must be {len(batches)} numbers >= 0 with a positive sum, got {weights!r}")
+        total = float(sum(weights))
+        ws = [float(w) / total for w in weights]
+
+        def backward(batch: Any, weight: float) -> Tensor:
+            with torch.enable_grad():
+                loss = loss_fn(batch)
+                if loss.dim() != 0:
+                    raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
+                (loss * weight).backward()
+            return loss.detach()
+
+        self.zero_grad()
+        self._calls += 1
+        if mode == "full":
+            with self.first_pass():
+                loss = sum(w * backward(b, w) for b, w in zip(batches, ws))
+            self.first_step(zero_grad=True)
+            if not self._skip_pending:
+                try:
+                    for b, w in zip(batches, ws):
+                        backward(b, w)
+                except BaseException:
+                    self._restore_after_error()
+                    raise
+            self.second_step()
+            return loss
+
+        params = [p for g in self.param_groups for p in g["params"]]
+        accum: list[Tensor | None] = [None] * len(params)
+        loss = torch.zeros(())
+        for b, w in zip(batches, ws):
+            self.zero_grad()
+            with self.first_pass():
+                loss = loss + w * backward(b, 1.0)
+            self.first_step(zero_grad=True)
+            if self._skip_pending:  # on_nonfinite="skip": the whole step is skipped
+                self.second_step()
+                return loss
+            try:
+                backward(b, 1.0)
+            except BaseException:
+                self._restore_after_error()
+                raise
+            self._restore()
+            for i, p in enumerate(params):
+                if p.grad is not None:
+                    if accum[i] is None:
+                        accum[i] = torch.zeros_like(p.grad)
+                    accum[i].add_(p.grad, alpha=w)
+        for p, a in zip(params, accum):
+            p.grad = a
+        self._stage = "perturbed"  # nothing is perturbed now: second_step checks and takes the base step
+        self._perturbed, self._perturbed_backups, self._bn_backup = [], [], []
         self.second_step()
+        return loss
+
+    def _plain_step(self, closure: Callable[[], Any], scaler: Any) -> Any:
+        """The base optimizer's step alone (the off-steps of ``interval`` SAM), with the same checks."""
+        loss = closure()
+        with torch.no_grad():
+            self._stage = "perturbed"  # nothing perturbed: second_step only checks and steps
+            self._perturbed, self._perturbed_backups, self._bn_backup = [], [], []
+            self._skip_pending = False
+            self._scaler_recorded = False
+            self.second_step(scaler=scaler)
         return loss
 
     def _restore_after_error(self) -> None:
         with torch.no_grad():
-            _copy_(self._perturbed, self._perturbed_backups, self.foreach)
-        self._perturbed = []
-        self._stage = "idle"
+            self._restore()
         self._skip_pending = False
 
     def _backups_for(self, params: list[Tensor]) -> list[Tensor]:
@@ -431,6 +677,81 @@ class USAM(SAM):
         kwargs["normalization"] = "none"
         kwargs.pop("lam", None)
         super().__init__(params, base_optimizer, rho, **kwargs)
+
+
+class GSAM(SAM):
+    r"""Surrogate Gap Guided SAM (GSAM; Zhuang et al., ICLR 2022, "Surrogate Gap Minimization Improves
+    Sharpness-Aware Training").
+
+    With ``g = ∇L(w)`` (first pass) and ``g_p = ∇L(w + ε)``, ``ε = ρ g/‖g‖`` (second pass), GSAM splits
+    ``g`` into its component along ``g_p`` and the rest, ``g_⊥ = g − (⟨g, g_p⟩ / ‖g_p‖²) g_p``, and descends
+    along ``d = g_p − α g_⊥`` (minimising the perturbed loss while ascending the surrogate gap orthogonally).
+    ``α = 0`` is SAM. The paper schedules ρ with the learning rate: use :class:`ProportionalRho`.
+    Every other argument is :class:`SAM`'s (any ``normalization``; the paper's is ``"l2"``).
+
+    >>> import torch, samkit
+    >>> opt = samkit.GSAM(torch.nn.Linear(2, 1).parameters(), torch.optim.SGD, rho=0.05, alpha=0.1, lr=0.1)
+    >>> opt.alpha
+    0.1
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any] | None,
+        base_optimizer: type[Optimizer] | Optimizer,
+        rho: float = 0.05,
+        alpha: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        self.alpha = float(alpha)
+        self._first_grads: dict[Tensor, Tensor] = {}
+        self._gsam_params: list[Tensor] = []
+        super().__init__(params, base_optimizer, rho, **kwargs)
+
+    def _after_perturb(self, per_group: list, norm: Tensor) -> None:
+        params = [p for _, _, ps, _, _ in per_group for p in ps]
+        bufs = []
+        for p in params:
+            buf = self._first_grads.get(p)
+            if buf is None or buf.shape != p.shape or buf.dtype != p.grad.dtype:
+                buf = self._first_grads[p] = torch.empty_like(p.grad)
+            bufs.append(buf)
+        _copy_(bufs, [p.grad for p in params], self.foreach)
+        self._gsam_params = params
+
+    def _before_base_step(self) -> None:
+        pairs = [(p, self._first_grads[p]) for p in self._gsam_params if p.grad is not None]
+        self._gsam_params = []
+        if not pairs or self.alpha == 0.0:
+            return
+        gp = [p.grad for p, _ in pairs]
+        g = [b for _, b in pairs]
+        dot = torch.stack([(a * b).sum() for a, b in zip(gp, g)]).sum()
+        gp_norm = global_norm(gp, foreach=self.foreach)
+        if float(gp_norm) == 0.0:
+            coef = 0.0
+        else:
+            coef = float(dot / gp_norm.to(dot.dtype) ** 2)
+        # d = g_p − α (g − coef g_p) = (1 + α coef) g_p − α g
+        if self.foreach:
+            torch._foreach_mul_(gp, 1.0 + self.alpha * coef)
+            torch._foreach_add_(gp, g, alpha=-self.alpha)
+        else:
+            for a, b in zip(gp, g):
+                a.mul_(1.0 + self.alpha * coef).add_(b, alpha=-self.alpha)
+
+
+def _batch_size(batch: Any) -> int:
+    first = batch
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    if isinstance(first, dict) and first:
+        first = next(iter(first.values()))
+    if isinstance(first, Tensor) and first.dim() > 0:
+        return int(first.shape[0])
+    return 1
 
 
 class ProportionalRho:
