@@ -11,8 +11,10 @@ Hessian-vector products and count them (``n_hvp``).
   breakdown (an invariant subspace) it restarts from a random vector orthogonal to the basis, so repeated
   eigenvalues are found when the basis breaks down (single-vector Krylov cannot see a multiplicity otherwise).
 * **Power iteration** (the PyHessian method) iterates ``v <- P H P v`` with ``P`` projecting out the eigenvectors
-  already found (deflation), and stops when the Rayleigh quotient changes by at most ``tol`` relative (PyHessian's
-  rule). Plain power iteration finds the eigenvalue of largest *magnitude*; if that is negative, it is used as a
+  already found (deflation). PyHessian stops when the Rayleigh quotient changes by at most ``tol`` relative; when
+  convergence is slow (``lambda_2 / lambda_1`` near 1) that stops far from the answer (measured on ResNet-20: a
+  4.9e-3 error at ``tol=1e-3``). Here the change ``d`` is divided by ``1 - q``, ``q`` the observed ratio of
+  successive changes, which estimates the whole remaining error of a linearly converging sequence. Plain power iteration finds the eigenvalue of largest *magnitude*; if that is negative, it is used as a
   shift ``H - sigma I`` and the iteration restarts, so the result is the algebraically largest eigenvalue too.
 
 >>> import torch
@@ -220,6 +222,7 @@ def power_iteration(
         sigma = 0.0
         v = _random_unit(n, gen, dtype, device, U)
         lam_prev: float | None = None
+        d_prev = 0.0
         lam, r, done, it = 0.0, math.inf, False, 0
         while it < max_iter:
             it += 1
@@ -234,11 +237,15 @@ def power_iteration(
             small = 10 * eps * max(abs(lam), float(w.norm()), 1e-300)
             if nz <= small:  # v is an exact eigenvector with eigenvalue sigma (or the operator vanishes here)
                 done = True
-            elif lam_prev is not None and abs(lam - lam_prev) <= tol * abs(lam) + small:
-                done = True
+            elif lam_prev is not None:
+                d = abs(lam - lam_prev)
+                q = d / d_prev if d_prev else 0.0  # observed contraction of the Rayleigh-quotient changes
+                if q < 1 and d / (1 - q) <= tol * abs(lam) + small:  # d / (1 - q) = d + the changes still to come
+                    done = True
+                d_prev = d
             if done and lam - sigma < -small:
                 # Converged to the dominant eigenvalue of H - sigma I, which is negative: shift past it, restart.
-                sigma, lam_prev, done = lam, None, False
+                sigma, lam_prev, d_prev, done = lam, None, 0.0, False
                 v = _random_unit(n, gen, dtype, device, U)
                 continue
             if done:
