@@ -12,7 +12,7 @@ Hessian-vector products and count them (``n_hvp``).
   eigenvalues are found when the basis breaks down (single-vector Krylov cannot see a multiplicity otherwise).
 * **Power iteration** (the PyHessian method) iterates ``v <- P H P v`` with ``P`` projecting out the eigenvectors
   already found (deflation). PyHessian stops when the Rayleigh quotient changes by at most ``tol`` relative; when
-  convergence is slow (``lambda_2 / lambda_1`` near 1) that stops far from the answer (measured on ResNet-20: a
+  convergence is slow (``lambda_2 / lambda_1`` near 1) that stops far from the answer (ResNet-20, 128 images: a
   4.9e-3 error at ``tol=1e-3``). Here the change ``d`` is divided by ``1 - q``, ``q`` the observed ratio of
   successive changes, which estimates the whole remaining error of a linearly converging sequence. Plain power iteration finds the eigenvalue of largest *magnitude*; if that is negative, it is used as a
   shift ``H - sigma I`` and the iteration restarts, so the result is the algebraically largest eigenvalue too.
