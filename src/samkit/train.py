@@ -60,7 +60,7 @@ OPTIMIZERS = ("sgd", "sam", "usam", "unified")
 SCHEDULES = ("cosine", "constant")
 _CKPT_VERSION = 1
 #: Config keys that may change between a run and its ``--resume`` (they do not change the numbers).
-_RESUMABLE_KEYS = ("out", "progress", "data_dir", "tensorboard")
+_RESUMABLE_KEYS = ("out", "progress", "data_dir", "tensorboard", "quiet")
 
 
 class TrainError(ValueError):
@@ -97,6 +97,7 @@ class TrainConfig:
     threads: int = 0
     progress: bool = True
     tensorboard: bool = False
+    quiet: bool = False
     synthetic_train: int = 512
     synthetic_test: int = 256
     image_size: int = 28
@@ -411,7 +412,7 @@ def _train(cfg, dist, out, ckpt_path, resume, data, stop_after_epoch, Loader, bu
             parts = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
             raise TrainError(f"--resume: the config differs from the checkpoint's ({parts}); use the same flags")
         if ckpt.get("status") in ("completed", "diverged"):
-            if is_main:
+            if is_main and not cfg.quiet:
                 print(f"run in {out} already {ckpt['status']}; nothing to do", file=sys.stderr)
             return ckpt["summary"]
     elif out is not None and ckpt_path is not None and ckpt_path.exists():
@@ -570,7 +571,7 @@ def _train(cfg, dist, out, ckpt_path, resume, data, stop_after_epoch, Loader, bu
             rows.append(row)
             summary["diverged_epoch"], summary["diverged_step"] = epoch + 1, step
             status = "diverged"
-            if is_main:
+            if is_main and not cfg.quiet:
                 print(f"diverged: non-finite loss or gradient at epoch {epoch + 1}, step {step}", file=sys.stderr)
             break
         row["test_loss"], row["test_acc"] = _evaluate(model, test_loader, dist)
@@ -579,7 +580,7 @@ def _train(cfg, dist, out, ckpt_path, resume, data, stop_after_epoch, Loader, bu
         row["seconds"] = round(time.perf_counter() - t0, 3)
         row["status"] = "ok"
         rows.append(row)
-        if is_main:
+        if is_main and not cfg.quiet:
             eig = f", λmax {row['top_eigenvalue']:.4g}" if row.get("top_eigenvalue") is not None else ""
             print(
                 f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
@@ -692,6 +693,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     a("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs the tensorboard package)")
     a("--no-progress", action="store_true", help="hide the progress bars")
+    a("--quiet", action="store_true", help="no per-epoch lines on stdout")
     return p
 
 

@@ -1,0 +1,467 @@
+"""E7 — deep networks on real images: SAM is robust to the choice of ρ, USAM is not.
+
+For SAM and USAM at a fixed learning rate, every run of a ρ grid spanning at least three decades (several seeds)
+trains a network on Fashion-MNIST with :func:`samkit.train.train` and records the final test accuracy, whether it
+diverged (a non-finite loss or gradient), and the final top Hessian eigenvalue on a fixed set of training batches.
+A companion sweep varies the learning rate at a fixed ρ. Claims, computed from the saved runs:
+
+* E7.1: the ρ range over which SAM stays within 1 point of its best mean accuracy is at least as wide (in decades)
+  as USAM's;
+* E7.2: USAM diverges or collapses (mean accuracy more than ``collapse_drop`` below its best) at some ρ of the grid,
+  where SAM still trains;
+* E7.3: SAM never diverges on the ρ grid;
+* E7.4: at fixed ρ, SAM trains at every learning rate where USAM does (and at least as many).
+
+Every run is one cached work unit, so an interrupted sweep resumes where it stopped. The ``tiny`` preset (tests)
+runs on synthetic data; ``quick`` on a Fashion-MNIST subset with the MLP; ``full`` on all of Fashion-MNIST with
+ResNet-20 and 3 seeds. Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` or
+``$SAMKIT_DATA_DIR`` (see :mod:`samkit.data`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samkit.experiments import Claim, ConfigError, Experiment, Figure, Table, Unit, fmt, register
+from samkit.experiments._common import logspace
+from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
+
+METHODS = ("sam", "usam")
+_TRAIN_KEYS = (
+    "dataset",
+    "model",
+    "subset",
+    "test_subset",
+    "epochs",
+    "batch_size",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "sharpness_batches",
+    "sharpness_batch_size",
+    "sharpness_iters",
+)
+
+
+def _num(v: Any) -> float:
+    """A float, NaN for a missing value (``None``) or a non-finite one saved as text."""
+    return float("nan") if v is None or isinstance(v, str) else float(v)
+
+
+def _preset(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "seed": 0,
+        "dataset": "fashion-mnist",
+        "model": "mlp",
+        "subset": 10000,
+        "test_subset": 10000,
+        "epochs": 4,
+        "batch_size": 128,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "constant",
+        "rho_min": 0.01,
+        "rho_max": 10.0,
+        "n_rho": 7,
+        "seeds": [0, 1],
+        "lr_sweep_rho": 0.3,
+        "lr_sweep": [0.01, 0.03, 0.1, 0.3, 1.0],
+        "lr_sweep_seeds": [0],
+        "sharpness_batches": 2,
+        "sharpness_batch_size": 256,
+        "sharpness_iters": 20,
+        "tolerance_points": 1.0,
+        "collapse_drop": 10.0,
+    }
+    base.update(kw)
+    return base
+
+
+_DATA_CACHE: dict[str, Any] = {}
+
+
+def _data(dataset: str, seed: int) -> Any:
+    """The full ``(train, test)`` of a dataset, loaded once per process."""
+    from samkit.data import DataError, load_dataset, synthetic
+
+    if dataset == "synthetic":
+        return synthetic(n_train=512, n_test=256, image_size=12, channels=1, noise=1.5, seed=0)
+    if dataset not in _DATA_CACHE:
+        try:
+            _DATA_CACHE[dataset] = load_dataset(dataset)
+        except DataError as err:
+            raise ConfigError(f"E7: {err}") from None
+    return _DATA_CACHE[dataset]
+
+
+@register
+class RhoRobustness(Experiment):
+    name = "E7"
+    title = "Deep networks on Fashion-MNIST: robustness to ρ"
+    summary = (
+        "SAM and USAM at a fixed learning rate over a ρ grid spanning three decades (several seeds) and over the "
+        "learning rate at a fixed ρ: test accuracy, divergence and final top Hessian eigenvalue."
+    )
+    presets = {
+        "tiny": _preset(
+            dataset="synthetic",
+            subset=256,
+            test_subset=256,
+            epochs=2,
+            batch_size=64,
+            n_rho=4,
+            rho_min=0.01,
+            rho_max=10.0,
+            seeds=[0],
+            lr_sweep=[0.05, 1.0],
+            sharpness_batches=1,
+            sharpness_batch_size=64,
+            sharpness_iters=5,
+        ),
+        "quick": _preset(),
+        "full": _preset(
+            model="resnet20",
+            subset=60000,
+            test_subset=10000,
+            epochs=10,
+            seeds=[0, 1, 2],
+            lr=0.05,
+            schedule="cosine",
+        ),
+    }
+
+    # -- units ---------------------------------------------------------------------------------------------------
+    def units(self, config: Mapping[str, Any]) -> list[Unit]:
+        base = {k: config[k] for k in _TRAIN_KEYS}
+        rhos = logspace(config["rho_min"], config["rho_max"], config["n_rho"])
+        out = []
+        for m in METHODS:
+            for rho in rhos:
+                for s in config["seeds"]:
+                    p = {**base, "sweep": "rho", "optimizer": m, "rho": rho, "lr": config["lr"], "seed": s}
+                    out.append(Unit(f"rho-{m}-r{rho:g}-s{s}", p))
+        for m in METHODS:
+            for lr in config["lr_sweep"]:
+                for s in config["lr_sweep_seeds"]:
+                    p = {**base, "sweep": "lr", "optimizer": m, "rho": config["lr_sweep_rho"], "lr": lr, "seed": s}
+                    out.append(Unit(f"lr-{m}-lr{lr:g}-s{s}", p))
+        return out
+
+    def run_unit(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        from samkit.train import TrainConfig, train
+
+        cfg = TrainConfig(
+            dataset=params["dataset"],
+            model=params["model"],
+            optimizer=params["optimizer"],
+            rho=params["rho"],
+            lr=params["lr"],
+            momentum=params["momentum"],
+            weight_decay=params["weight_decay"],
+            batch_size=params["batch_size"],
+            epochs=params["epochs"],
+            schedule=params["schedule"],
+            seed=params["seed"],
+            subset=params["subset"],
+            test_subset=params["test_subset"],
+            sharpness_every=params["epochs"],
+            sharpness_batches=params["sharpness_batches"],
+            sharpness_batch_size=params["sharpness_batch_size"],
+            sharpness_iters=params["sharpness_iters"],
+            threads=0,
+            progress=False,
+            quiet=True,
+            out=None,
+        )
+        s = train(cfg, data=_data(params["dataset"], params["seed"]))
+        hist = s["history"]
+        return {
+            "status": s["status"],
+            "diverged": s["status"] == "diverged",
+            "diverged_epoch": s["diverged_epoch"],
+            "test_acc": s["final_test_acc"],
+            "test_loss": s["final_test_loss"],
+            "train_loss": s["final_train_loss"],
+            "top_eigenvalue": s["final_top_eigenvalue"],
+            "seconds": s["seconds"],
+            "epochs": [r["epoch"] for r in hist],
+            "curve_test_acc": [r.get("test_acc") for r in hist],
+            "curve_train_loss": [r.get("train_loss") for r in hist],
+            "curve_grad_norm": [r.get("grad_norm") for r in hist],
+            "curve_eps_norm": [r.get("eps_norm") for r in hist],
+        }
+
+    def tables(self, config: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict]]:
+        runs, curves = [], []
+        nan = float("nan")
+        for unit in self.units(config):
+            r = results[unit.key]
+            p = unit.params
+            row = {
+                "sweep": p["sweep"],
+                "method": p["optimizer"],
+                "rho": p["rho"],
+                "lr": p["lr"],
+                "seed": p["seed"],
+                "diverged": bool(r["diverged"]),
+                "diverged_epoch": r["diverged_epoch"] if r["diverged_epoch"] is not None else "",
+                "test_acc": _num(r["test_acc"]),
+                "test_loss": _num(r["test_loss"]),
+                "train_loss": _num(r["train_loss"]),
+                "top_eigenvalue": _num(r["top_eigenvalue"]),
+                "final_grad_norm": _num(r["curve_grad_norm"][-1]) if r["curve_grad_norm"] else nan,
+                "final_eps_norm": _num(r["curve_eps_norm"][-1]) if r["curve_eps_norm"] else nan,
+                "seconds": r["seconds"],
+            }
+            runs.append(row)
+            for i, ep in enumerate(r["epochs"]):
+                curves.append(
+                    {
+                        "sweep": p["sweep"],
+                        "method": p["optimizer"],
+                        "rho": p["rho"],
+                        "lr": p["lr"],
+                        "seed": p["seed"],
+                        "epoch": ep,
+                        "test_acc": _num(r["curve_test_acc"][i]),
+                        "train_loss": _num(r["curve_train_loss"][i]),
+                        "grad_norm": _num(r["curve_grad_norm"][i]),
+                        "eps_norm": _num(r["curve_eps_norm"][i]),
+                    }
+                )
+        return {"runs": runs, "curves": curves}
+
+    # -- analysis helpers -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _by_value(t: Table, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per value of ``key``: the value, mean and std of accuracy in points (a diverged run counts as chance,
+        10 points), and whether any seed diverged."""
+        vals = np.array(sorted(set(t.col(key).tolist())), dtype=float)
+        mean, std, div = [], [], []
+        for v in vals:
+            s = t.where(**{key: float(v)})
+            acc = s.col("test_acc") * 100.0
+            d = s.col("diverged").astype(bool)
+            acc = np.where(d | ~np.isfinite(acc), 10.0, acc)
+            mean.append(acc.mean())
+            std.append(acc.std())
+            div.append(bool(d.any()))
+        return vals, np.array(mean), np.array(std), np.array(div)
+
+    @staticmethod
+    def _good_width(rhos: np.ndarray, mean: np.ndarray, tol: float) -> tuple[float, float, float, float]:
+        """Width in decades of the contiguous run of grid points within ``tol`` points of the best, around it."""
+        i = int(np.argmax(mean))
+        best = mean[i]
+        lo = hi = i
+        while lo > 0 and mean[lo - 1] >= best - tol:
+            lo -= 1
+        while hi < len(mean) - 1 and mean[hi + 1] >= best - tol:
+            hi += 1
+        return math.log10(rhos[hi] / rhos[lo]), float(rhos[lo]), float(rhos[hi]), float(best)
+
+    def _setting(self, config: Mapping[str, Any]) -> str:
+        data = config["dataset"] + (f" (first {config['subset']} train images)" if config["subset"] < 60000 else "")
+        return (
+            f"{config['model']} on {data}, {config['epochs']} epochs, batch {config['batch_size']}, SGD momentum "
+            f"{config['momentum']}, wd {config['weight_decay']}, lr {config['lr']} ({config['schedule']}), "
+            f"ρ∈[{fmt(config['rho_min'])}, {fmt(config['rho_max'])}] ({config['n_rho']} log-spaced), "
+            f"seeds {config['seeds']}"
+        )
+
+    # -- claims ---------------------------------------------------------------------------------------------------
+    def claims(self, config: Mapping[str, Any], data: Mapping[str, Table]) -> list[Claim]:
+        runs = data["runs"]
+        grid = runs.where(sweep="rho")
+        tol = float(config["tolerance_points"])
+        drop = float(config["collapse_drop"])
+        setting = self._setting(config)
+        stats = {m: self._by_value(grid.where(method=m), "rho") for m in METHODS}
+        widths = {m: self._good_width(stats[m][0], stats[m][1], tol) for m in METHODS}
+        decades = math.log10(config["rho_max"] / config["rho_min"])
+        ws, wu = widths["sam"][0], widths["usam"][0]
+        out = [
+            Claim(
+                id="E7.1",
+                statement=f"SAM's accuracy is robust to ρ: the ρ range where it stays within {tol:g} point of its "
+                "best mean accuracy is at least as wide as USAM's.",
+                setting=setting,
+                prediction="width(SAM) ≥ width(USAM) (in decades of ρ, on the grid)",
+                measured=f"SAM within {tol:g} pt of its best {widths['sam'][3]:.2f}% for ρ∈[{fmt(widths['sam'][1])}, "
+                f"{fmt(widths['sam'][2])}] ({ws:.2f} decades); USAM within {tol:g} pt of its best "
+                f"{widths['usam'][3]:.2f}% for ρ∈[{fmt(widths['usam'][1])}, {fmt(widths['usam'][2])}] "
+                f"({wu:.2f} decades), of {decades:.2f} decades on the grid",
+                tolerance="on the grid; accuracies are means over seeds; a diverged run counts as 10% (chance)",
+                passed=bool(ws >= wu - 1e-9),
+                figure="accuracy_vs_rho.png",
+                data=["data/runs.csv"],
+                values={"width_sam": ws, "width_usam": wu, "decades": decades},
+            )
+        ]
+        rho_u, mean_u, _, div_u = stats["usam"]
+        rho_s, mean_s, _, div_s = stats["sam"]
+        best_u = mean_u.max()
+        bad_u = div_u | (mean_u < best_u - drop)
+        first = int(np.argmax(bad_u)) if bad_u.any() else None
+        if first is not None:
+            rho_star = float(rho_u[first])
+            j = int(np.argmin(np.abs(np.log(rho_s / rho_star))))
+            sam_ok = (not div_s[j]) and mean_s[j] >= mean_s.max() - drop
+            how = "diverged" if div_u[first] else f"collapsed to {mean_u[first]:.1f}%"
+            measured = (
+                f"USAM first fails at ρ = {fmt(rho_star)} ({how}; its best is {best_u:.1f}%); SAM at that ρ: "
+                f"{mean_s[j]:.1f}%{' (diverged)' if div_s[j] else ''}, its best {mean_s.max():.1f}%"
+            )
+        else:
+            rho_star, sam_ok = float("nan"), False
+            measured = f"USAM neither diverged nor collapsed on the grid (lowest mean accuracy {mean_u.min():.1f}%)"
+        out.append(
+            Claim(
+                id="E7.2",
+                statement="USAM diverges or collapses once ρ is large enough, at a ρ where SAM still trains.",
+                setting=setting,
+                prediction=f"some ρ on the grid where USAM diverges or its mean accuracy is > {drop:g} points below "
+                f"its best, and SAM at that ρ neither diverges nor drops > {drop:g} points",
+                measured=measured,
+                tolerance=f"collapse = more than {drop:g} points below the method's best mean accuracy",
+                passed=bool(first is not None and sam_ok),
+                figure="accuracy_vs_rho.png",
+                data=["data/runs.csv"],
+                values={"smallest_failing_rho_usam": rho_star},
+            )
+        )
+        sam_runs = grid.where(method="sam")
+        n_div = int(sam_runs.col("diverged").astype(bool).sum())
+        out.append(
+            Claim(
+                id="E7.3",
+                statement="SAM never diverges on the ρ grid.",
+                setting=setting,
+                prediction="0 diverged SAM runs",
+                measured=f"{n_div}/{len(sam_runs)} SAM runs diverged; USAM: "
+                f"{int(grid.where(method='usam').col('diverged').astype(bool).sum())}/{len(grid.where(method='usam'))}",
+                tolerance="none",
+                passed=bool(n_div == 0 and len(sam_runs) > 0),
+                figure="accuracy_vs_rho.png",
+                data=["data/runs.csv"],
+            )
+        )
+        lrs = runs.where(sweep="lr")
+        ok = {}
+        for m in METHODS:
+            v, mean, _, div = self._by_value(lrs.where(method=m), "lr")
+            ok[m] = (v, ~div & (mean >= mean.max() - drop) if len(mean) else np.array([], bool))
+        v = ok["sam"][0]
+        sam_ok_lr, usam_ok_lr = ok["sam"][1], ok["usam"][1]
+        subset_ok = bool(np.all(~usam_ok_lr | sam_ok_lr)) if len(v) == len(ok["usam"][0]) else False
+        out.append(
+            Claim(
+                id="E7.4",
+                statement=f"At fixed ρ = {fmt(config['lr_sweep_rho'])}, SAM trains at every learning rate where "
+                "USAM trains.",
+                setting=f"{config['model']} on {config['dataset']}, lr ∈ {config['lr_sweep']}, seeds "
+                f"{config['lr_sweep_seeds']}, other settings as E7.1",
+                prediction="{lr: USAM trains} ⊆ {lr: SAM trains}",
+                measured="SAM trains at lr = "
+                + (", ".join(fmt(x) for x, o in zip(v, sam_ok_lr) if o) or "none")
+                + "; USAM at lr = "
+                + (", ".join(fmt(x) for x, o in zip(ok["usam"][0], usam_ok_lr) if o) or "none"),
+                tolerance=f"trains = no seed diverged and mean accuracy within {drop:g} points of the method's best",
+                passed=subset_ok,
+                figure="lr_sweep.png",
+                data=["data/runs.csv"],
+            )
+        )
+        return out
+
+    # -- figures --------------------------------------------------------------------------------------------------
+    def figures(self, config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
+        runs = data["runs"]
+        grid = runs.where(sweep="rho")
+        fig, axes = new_figure(1, 1, width=5.6, height=4.0)
+        ax = axes[0, 0]
+        for m in METHODS:
+            rho, mean, std, div = self._by_value(grid.where(method=m), "rho")
+            st = METHOD_STYLE[m]
+            ax.errorbar(rho, mean, yerr=std, color=st["color"], marker="o", ms=4, capsize=3, label=method_label(m))
+            if div.any():
+                ax.scatter(rho[div], mean[div], marker="x", s=70, color=st["color"], zorder=5)
+        ax.plot([], [], "kx", label="a seed diverged (counted as 10%)")
+        ax.set_xscale("log")
+        ax.set_xlabel("perturbation radius ρ")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{config['model']}, lr = {config['lr']:g}, mean ± std over {len(config['seeds'])} seed(s)")
+        ax.legend(fontsize=8)
+        f1 = save_figure(fig, fig_dir / "accuracy_vs_rho.png")
+
+        fig, axes = new_figure(2, 1, width=5.0, height=3.8)
+        for m in METHODS:
+            t = grid.where(method=m)
+            rho, eig = t.col("rho"), t.col("top_eigenvalue")
+            ok = np.isfinite(eig) & (eig > 0)
+            st = METHOD_STYLE[m]
+            axes[0, 0].scatter(rho[ok], eig[ok], color=st["color"], s=18, label=method_label(m))
+            vals = sorted(set(rho[ok].tolist()))
+            axes[0, 0].plot(vals, [np.mean(eig[ok][rho[ok] == v]) for v in vals], color=st["color"], lw=1)
+            en = t.col("final_eps_norm")
+            fin = np.isfinite(en) & (en > 0)
+            axes[0, 1].scatter(rho[fin], en[fin], color=st["color"], s=18, label=method_label(m))
+        for a in axes[0]:
+            a.set_xscale("log")
+            a.set_yscale("log")
+            a.set_xlabel("perturbation radius ρ")
+            a.legend(fontsize=8)
+        axes[0, 0].set_ylabel("final top Hessian eigenvalue λmax")
+        axes[0, 0].set_title("sharpness at the end of training")
+        axes[0, 1].set_ylabel("mean ‖ε‖ in the last epoch")
+        axes[0, 1].set_title("actual perturbation size")
+        f2 = save_figure(fig, fig_dir / "sharpness_vs_rho.png")
+
+        lrs = runs.where(sweep="lr")
+        fig, axes = new_figure(1, 1, width=5.2, height=3.8)
+        ax = axes[0, 0]
+        for m in METHODS:
+            v, mean, std, div = self._by_value(lrs.where(method=m), "lr")
+            st = METHOD_STYLE[m]
+            ax.errorbar(v, mean, yerr=std, color=st["color"], marker="o", ms=4, capsize=3, label=method_label(m))
+            if div.any():
+                ax.scatter(v[div], mean[div], marker="x", s=70, color=st["color"], zorder=5)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate η")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"learning-rate sweep at ρ = {config['lr_sweep_rho']:g}")
+        ax.legend(fontsize=8)
+        f3 = save_figure(fig, fig_dir / "lr_sweep.png")
+        setting = self._setting(config)
+        return [
+            Figure(
+                f1,
+                "Test accuracy against ρ",
+                f"Final test accuracy of SAM and USAM over the ρ grid ({setting}); error bars: std over seeds; "
+                "crosses: at least one seed diverged (non-finite loss), counted as 10%.",
+                ["E7.1", "E7.2", "E7.3"],
+                ["data/runs.csv"],
+            ),
+            Figure(
+                f2,
+                "Sharpness and perturbation size against ρ",
+                "Left: top Hessian eigenvalue (Lanczos on a fixed set of training batches) at the end of each run "
+                "that did not diverge. Right: mean ‖ε‖ over the last epoch — ρ for SAM, ρ‖g‖ for USAM, so equal ρ "
+                "is not an equal perturbation.",
+                [],
+                ["data/runs.csv"],
+            ),
+            Figure(
+                f3,
+                "Learning-rate sweep at a fixed ρ",
+                f"Final test accuracy against the learning rate at ρ = {config['lr_sweep_rho']:g}; crosses: diverged.",
+                ["E7.4"],
+                ["data/runs.csv"],
+            ),
+        ]
