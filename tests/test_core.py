@@ -163,3 +163,15 @@ def test_perturbation_scale_broadcasts_over_a_batch():
 def test_bad_input_is_a_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_nonfinite_check_works_under_a_float64_default_dtype():
+    from samkit.core import nonfinite
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert nonfinite([torch.tensor([1.0, float("inf")])])
+        assert not nonfinite([torch.ones(3)])
+    finally:
+        torch.set_default_dtype(old)

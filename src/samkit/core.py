@@ -180,8 +180,8 @@ def unscale_(tensors: Sequence[Tensor], inv_scale: float, *, foreach: bool = Tru
         by_device.setdefault(t.device, []).append(t)
     found = False
     for device, ts in by_device.items():
-        flag = torch.zeros(1, device=device)
-        inv = torch.full((1,), inv_scale, device=device)
+        flag = torch.zeros(1, device=device, dtype=torch.float32)  # the kernel wants float32 (any default dtype)
+        inv = torch.full((1,), inv_scale, device=device, dtype=torch.float32)
         torch._amp_foreach_non_finite_check_and_unscale_(ts, flag, inv)
         found = found or bool(flag.item())
     return found
