@@ -9,7 +9,7 @@ OUT ?= results
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samkit-installed
 
-.PHONY: test reproduce lint bench install clean
+.PHONY: test reproduce lint bench install data clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-reproduce: $(STAMP)
-	$(PY) examples/sam_vs_usam.py
+reproduce: $(STAMP) data
+	$(VENV)/bin/samkit reproduce --preset $(PRESET) --out $(OUT)
+
+# Fashion-MNIST (MIT) from Debian's dataset-fashion-mnist package, for the deep-network experiment and `samkit train`.
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+data:
+	@if [ -f "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ]; then echo "Fashion-MNIST found in $(FMNIST_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist"; \
+	else echo "warning: Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set SAMKIT_DATA_DIR"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
