@@ -118,8 +118,8 @@ class PLExp(Experiment):
         fig, axes = new_figure(2, 1, width=5.2, height=4.0)
         ls = {0.01: ":", 0.02: "--", 0.04: "-"}
         styles = [":", "--", "-", "-."]
-        for ax, col, ylabel in ((axes[0, 0], "along", "distance along the minima |y_t − y_0|"),
-                                (axes[0, 1], "path_length", "path length Σ‖x_(k+1) − x_k‖")):  # fmt: skip
+        for ax, col, ylabel in ((axes[0, 0], "along", r"distance along the minima $|y_t - y_0|$"),
+                                (axes[0, 1], "path_length", r"path length up to t, $\sum_k \|x_{k+1} - x_k\|$")):  # fmt: skip
             for m in ("usam", "sam"):
                 for j, rho in enumerate(config["rhos"]):
                     t = tr.where(method=m, rho=float(rho))
@@ -133,22 +133,25 @@ class PLExp(Experiment):
         bound = theory.usam_pl_distance_bound(us.first("beta"), us.first("mu"), config["eta"],
                                               torch.as_tensor(us.col("rho")), us.first("loss0")).numpy()  # fmt: skip
         for j, (rho, b) in enumerate(zip(us.col("rho"), bound)):
-            axes[0, 1].axhline(b, color=METHOD_STYLE["usam"]["color"], ls=ls.get(rho, styles[j % 4]), lw=0.8, alpha=0.6)
-        axes[0, 1].plot([], [], color=METHOD_STYLE["usam"]["color"], lw=0.8, label="USAM bound (theory), same dash")
+            axes[0, 1].axhline(b, color="#ff9896", ls=ls.get(rho, styles[j % 4]), lw=1.2,
+                               label=f"Theorem 6 bound on USAM's path, ρ={rho:g}")  # fmt: skip
         axes[0, 1].set_yscale("log")
         axes[0, 0].set_title("Movement along the line of minima x = 0")
         axes[0, 1].set_title("Total path length, with Theorem 6's bound for USAM")
         axes[0, 0].legend(fontsize=7)
-        axes[0, 1].legend(fontsize=7, loc="lower right")
+        bounds = [h for h in axes[0, 1].get_lines() if str(h.get_label()).startswith("Theorem")]
+        axes[0, 1].set_ylim(0.1, None)
+        axes[0, 1].legend(handles=bounds, fontsize=7, loc="lower right", title="methods: see left legend",
+                          title_fontsize=7)  # fmt: skip
         f = save_figure(fig, fig_dir / "pl_distance.png")
         return [
             Figure(
                 f,
                 "PL loss: USAM's travel is bounded, SAM's keeps growing",
                 "Left: how far each method has moved along the line of minima (|y_t − y_0|). USAM (red) and GD "
-                "stop within a few hundred steps; SAM (blue) keeps moving towards the flattest point y = 0, faster "
+                "(grey, under the red lines) stop within a few hundred steps; SAM (blue) keeps moving towards the flattest point y = 0, faster "
                 "for larger ρ. Right: total path length (log scale) with Theorem 6's bound on USAM's path "
-                "(thin lines, theory): USAM stays below it; SAM's path grows linearly because it also oscillates "
+                "(light red horizontal lines, one per ρ, same dash as the USAM run): USAM stays below it; SAM's path grows linearly because it also oscillates "
                 "across the minima.",
                 ["E6.1", "E6.2"],
                 ["data/trajectories.csv", "data/summary.csv"],
