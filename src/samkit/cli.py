@@ -6,6 +6,7 @@ Commands::
     samkit run EXP [--preset P] [--out DIR] [--set key=value ...]
     samkit reproduce [--preset P] [--out DIR]           every experiment, then the report
     samkit report DIR                                   redraw figures and rewrite the report from saved data
+    samkit train [--dataset D --model M --optimizer O --rho R ...]   train one model (see samkit.train)
 
 Results are cached per work unit (a hash of its parameters), so a rerun skips finished work and an
 interrupted run resumes. Bad input (unknown experiment, unknown key, a value of the wrong type, an
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(rep)
     r = sub.add_parser("report", help="redraw the figures and rewrite the report of DIR from its saved data")
     r.add_argument("dir", metavar="DIR")
+    from samkit.train import add_parser as add_train_parser  # `samkit train` (see samkit.train)
+
+    add_train_parser(sub)
     return p
 
 
@@ -135,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(names(), args.preset, Path(args.out), [], not args.no_progress)
         if args.command == "report":
             return _report(Path(args.dir))
+        if args.command == "train":
+            from samkit.train import run_args
+
+            return run_args(args)
     except ConfigError as err:
         sys.stderr.write(f"samkit: error: {err}\n")
         return 2

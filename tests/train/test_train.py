@@ -126,10 +126,21 @@ def test_nan_loss_ends_the_run_as_diverged(tmp_path, capsys):
     assert again["status"] == "diverged"
 
 
+def test_samkit_cli_has_the_train_command(tmp_path, capsys):
+    from samkit.cli import main as samkit_main
+
+    assert samkit_main(["train", *SMALL_ARGS, "--epochs", "1", "--quiet", "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "metrics.csv").exists()
+    with pytest.raises(SystemExit) as e:
+        samkit_main(["train", "--optimizer", "adam"])
+    assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
 def test_torchrun_two_cpu_processes(tmp_path):
+    """``torchrun --nproc_per_node=2 -m samkit train ...`` with gloo on CPU."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "samkit.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "samkit", "train",
            *SMALL_ARGS, "--optimizer", "sam", "--epochs", "2", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
