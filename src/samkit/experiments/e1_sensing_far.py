@@ -29,7 +29,7 @@ class SensingFar(Experiment):
     title = "Matrix sensing far from the minimum: SAM stable for every ρ, USAM not"
     summary = "Loss against iteration for GD, SAM and USAM over a grid of ρ from the same random initialization."
     presets = {
-        "tiny": _preset(12, 2, 150, [0.01, 0.1, 0.5]),
+        "tiny": _preset(12, 2, 400, [0.01, 0.1, 0.5]),
         "quick": _preset(50, 3, 800, [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
         "full": _preset(100, 5, 2000, [0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
     }
