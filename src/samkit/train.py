@@ -27,7 +27,7 @@ The same from Python (no files written when ``out`` is ``None``):
 
 >>> from samkit.train import TrainConfig, train
 >>> cfg = TrainConfig(dataset="synthetic", model="mlp", optimizer="sam", epochs=1, batch_size=32,
-...                   synthetic_train=64, synthetic_test=32, image_size=8, progress=False)
+...                   synthetic_train=64, synthetic_test=32, image_size=8, progress=False, quiet=True)
 >>> summary = train(cfg)
 >>> summary["status"], len(summary["history"])
 ('completed', 1)
@@ -60,7 +60,7 @@ OPTIMIZERS = ("sgd", "sam", "usam", "unified")
 SCHEDULES = ("cosine", "constant")
 _CKPT_VERSION = 1
 #: Config keys that may change between a run and its ``--resume`` (they do not change the numbers).
-_RESUMABLE_KEYS = ("out", "progress", "data_dir", "tensorboard", "quiet")
+_RESUMABLE_KEYS = ("out", "progress", "data_dir", "tensorboard", "quiet", "device")
 
 
 class TrainError(ValueError):
@@ -98,6 +98,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     quiet: bool = False
+    device: str = "auto"
     synthetic_train: int = 512
     synthetic_test: int = 256
     image_size: int = 28
@@ -144,6 +145,10 @@ class TrainConfig:
                 bad(f"--{key.replace('_', '-')} must be >= 1, got {v}")
         if self.perturbation not in ("local", "global"):
             bad(f"--perturbation must be local or global, got {self.perturbation!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            bad("--device cuda: no CUDA GPU is available (use --device cpu)")
         if self.channels not in (1, 3) or self.image_size < 4:
             bad("synthetic data needs --channels 1 or 3 and --image-size >= 4")
 
@@ -262,14 +267,15 @@ def _grad_norm(model: nn.Module) -> torch.Tensor:
 class _Dist:
     """The DDP context: world size, rank, and small all-reduce helpers (no-ops in a single process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "auto") -> None:
         import torch.distributed as dist
 
         self.dist = dist
         self.owned = False
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        use_cuda = torch.cuda.is_available() and device != "cpu"
         if world > 1 and dist.is_available() and not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            backend = "nccl" if use_cuda else "gloo"
             dist.init_process_group(backend)
             self.owned = True
         self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -280,13 +286,14 @@ class _Dist:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
-        elif not self.on and torch.cuda.is_available() and os.environ.get("SAMKIT_DEVICE", "cpu") == "cuda":
+        elif not self.on and use_cuda:
             self.device = torch.device("cuda")
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.on:
-            t = t.clone()
+        if self.on:  # NCCL reduces CUDA tensors only: reduce on the training device, return on the CPU
+            t = t.to(self.device, copy=True)
             self.dist.all_reduce(t)
+            t = t.cpu()
         return t
 
     def barrier(self) -> None:
@@ -383,7 +390,7 @@ def train(
     ckpt_path = out / "checkpoint.pt" if out else None
     if resume and out is None:
         raise TrainError("--resume needs --out (the folder of the run to continue)")
-    dist = _Dist()
+    dist = _Dist(cfg.device)
     try:
         old_threads = torch.get_num_threads()
         threads = cfg.threads or (max(1, (os.cpu_count() or 1) // dist.world) if dist.on else 0)
@@ -685,6 +692,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--sharpness-iters", type=int, default=d.sharpness_iters, help="Lanczos steps at most (default: %(default)s)")
     a("--perturbation", choices=("local", "global"), default=d.perturbation, help="DDP: per-rank or averaged ε")
     a("--eval-batch-size", type=int, default=d.eval_batch_size, help="default: %(default)s")
+    a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available (default)")
     a("--threads", type=int, default=0, help="torch threads (0: torch's default; under DDP: cores / processes)")
     a("--synthetic-train", type=int, default=d.synthetic_train, help="synthetic data: training examples")
     a("--synthetic-test", type=int, default=d.synthetic_test, help="synthetic data: test examples")

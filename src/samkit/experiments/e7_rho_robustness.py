@@ -410,7 +410,7 @@ class RhoRobustness(Experiment):
             vals = sorted(set(rho[ok].tolist()))
             axes[0, 0].plot(vals, [np.mean(eig[ok][rho[ok] == v]) for v in vals], color=st["color"], lw=1)
             en = t.col("final_eps_norm")
-            fin = np.isfinite(en) & (en > 0)
+            fin = np.isfinite(en) & (en > 0) & ~t.col("diverged").astype(bool)
             axes[0, 1].scatter(rho[fin], en[fin], color=st["color"], s=18, label=method_label(m))
         for a in axes[0]:
             a.set_xscale("log")
@@ -452,8 +452,8 @@ class RhoRobustness(Experiment):
                 f2,
                 "Sharpness and perturbation size against ρ",
                 "Left: top Hessian eigenvalue (Lanczos on a fixed set of training batches) at the end of each run "
-                "that did not diverge. Right: mean ‖ε‖ over the last epoch — ρ for SAM, ρ‖g‖ for USAM, so equal ρ "
-                "is not an equal perturbation.",
+                "that did not diverge. Right: mean ‖ε‖ over the last epoch of the runs that did not diverge — ρ for "
+                "SAM, ρ‖g‖ for USAM, so equal ρ is an equal perturbation only where ‖g‖ ≈ 1.",
                 [],
                 ["data/runs.csv"],
             ),
