@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from samkit.experiments import ConfigError, Table, get
-from samkit.experiments.runner import run_experiment
+from samkit.experiments.runner import load_tables, read_json, run_experiment
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +48,13 @@ def test_tiny_runs_end_to_end_and_resumes_from_cached_units(tmp_path):
         assert (exp_dir / "figures" / f).stat().st_size > 1000
     runs = (exp_dir / "data" / "runs.csv").read_text().splitlines()
     assert runs[0].startswith("sweep,method,rho,lr,seed,diverged") and len(runs) == 1 + len(e7.units(e7.config("tiny")))
+    # the claims are a function of the CSV files on disk (the tiny preset runs on synthetic data, so its verdicts
+    # are not asserted here; test_claims_are_computed_from_the_runs checks PASS and FAIL on constructed runs)
+    cfg = read_json(exp_dir / "config.json")["config"]
+    recomputed = e7.claims(cfg, load_tables(exp_dir))
+    assert [(c.id, c.verdict, c.measured) for c in recomputed] == [
+        (c["id"], c["verdict"], c["measured"]) for c in res["claims"]
+    ]
     seen.clear()
     again = run_experiment(e7, "tiny", tmp_path, progress=False, on_unit=lambda k, cached: seen.append(cached))
     assert all(seen) and again["claims"] == res["claims"]
