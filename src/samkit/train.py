@@ -609,8 +609,14 @@ def _train(cfg, dist, out, ckpt_path, resume, data, stop_after_epoch, Loader, bu
                 tb.close()
             return dict(summary, params=_params(model))
     write(status)
-    if status == "diverged":
-        save_checkpoint(summary["diverged_epoch"] - 1, "diverged")
+    if status == "diverged" and ckpt_path is not None and is_main:
+        # keep the last finite weights (the last epoch's checkpoint) and mark the run finished as diverged
+        if ckpt_path.exists():
+            last = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            last.update(status="diverged", rows=rows, summary=_json_safe(summary))
+            _atomic_save(last, ckpt_path)
+        else:
+            save_checkpoint(0, "diverged")
     if tb is not None:
         tb.close()
     dist.barrier()

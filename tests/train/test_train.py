@@ -124,6 +124,9 @@ def test_nan_loss_ends_the_run_as_diverged(tmp_path, capsys):
     again = train(TrainConfig(**dict(SMALL, optimizer="usam", rho=1e4, lr=5.0, momentum=0.0, schedule="constant",
                                      epochs=5, progress=False, threads=1, out=str(out))), resume=True)  # fmt: skip
     assert again["status"] == "diverged"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)  # the last finite weights, marked diverged
+    assert ckpt["status"] == "diverged" and ckpt["epoch"] == summary["diverged_epoch"] - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_samkit_cli_has_the_train_command(tmp_path, capsys):
