@@ -86,6 +86,9 @@ def test_claims_are_computed_from_the_runs():
     rows2[1] = _row("sam", 0.1, 0.95)
     claims2 = {c.id: c for c in e7.claims(cfg, {"runs": Table(rows2)})}
     assert not claims2["E7.3"].passed and not claims2["E7.1"].passed
+    # equal widths do not show SAM's robustness: E7.1 fails on a tie
+    rows3 = [_row(m, r, 0.85) for m in ("sam", "usam") for r in rhos] + rows[8:]
+    assert not {c.id: c for c in e7.claims(cfg, {"runs": Table(rows3)})}["E7.1"].passed
 
 
 def test_missing_fashion_mnist_is_a_one_line_config_error(tmp_path, monkeypatch):
