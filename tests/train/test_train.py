@@ -154,3 +154,14 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # each rank saw half of the 96 examples per epoch: 2 ranks × 2 batches of ≤ 32
     assert rows[0]["step"] == "2"
     assert proc.stdout.count("epoch 1/2") == 1  # only rank 0 prints
+
+
+def test_tensorboard_flag_without_the_package_is_a_one_line_error(tmp_path, capsys):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    code = main([*SMALL_ARGS, "--epochs", "1", "--tensorboard", "--out", str(tmp_path / "tb")])
+    assert code == 2 and "pip install tensorboard" in capsys.readouterr().err
