@@ -7,6 +7,7 @@ first-pass gradient over replicas instead. gloo on CPU, NCCL on GPU.
 """
 
 import argparse
+import gc
 
 import torch
 import torch.distributed as dist
@@ -16,14 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import samkit
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--perturbation", choices=["local", "global"], default="local")
-    args = parser.parse_args()
-
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+def train(args: argparse.Namespace, backend: str) -> None:
     rank = dist.get_rank()
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if backend == "nccl" else "cpu")
     torch.manual_seed(0)  # same initial weights on every rank
@@ -51,6 +45,18 @@ def main() -> None:
         loss = opt.step(closure)
     if rank == 0:
         print(f"final loss {loss.item():.4f} after {args.steps} SAM steps on {dist.get_world_size()} ranks")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--perturbation", choices=["local", "global"], default="local")
+    args = parser.parse_args()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    train(args, backend)
+    gc.collect()  # release the DDP model before the process group (avoids a gloo teardown race)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -5,6 +5,7 @@ tests/test_ddp.py to assert on.
 """
 
 import copy
+import gc
 import json
 import sys
 import tempfile
@@ -49,9 +50,7 @@ def sam_steps(model, opt, x, y, n):
         opt.step(closure)
 
 
-def main():
-    out_path = sys.argv[1]
-    dist.init_process_group("gloo")
+def checks(out_path):
     rank, world = dist.get_rank(), dist.get_world_size()
     x, y = rank_batch(rank)
     res = {"world": world}
@@ -120,6 +119,12 @@ def main():
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(res, f)
+
+
+def main():
+    dist.init_process_group("gloo")
+    checks(sys.argv[1])
+    gc.collect()  # free the DDP reducers before the process group goes (avoids a gloo teardown abort)
     dist.barrier()
     dist.destroy_process_group()
 
