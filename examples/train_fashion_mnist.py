@@ -1,7 +1,7 @@
 """Train the small CNN on Fashion-MNIST with SGD, SAM and USAM and compare them (Python API of ``samkit train``).
 
     python examples/train_fashion_mnist.py                      # 5000 training images, 2 epochs each (~1-2 min)
-    python examples/train_fashion_mnist.py --subset 0 --epochs 1 --rho 0.05   # the full training set
+    python examples/train_fashion_mnist.py --subset 0 --epochs 1 --threads 2   # the full training set
 
 Needs Fashion-MNIST: ``sudo apt-get install dataset-fashion-mnist`` or ``SAMKIT_DATA_DIR=DIR`` holding the four
 ``*-ubyte.gz`` files. Each run writes ``metrics.csv``, ``checkpoint.pt`` and ``summary.json`` under ``--out``.
@@ -21,9 +21,10 @@ def main() -> None:
     p.add_argument("--model", default="cnn", choices=("mlp", "cnn", "resnet20"))
     p.add_argument("--subset", type=int, default=5000, help="training images (0: all 60000)")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--rho", type=float, default=0.5)
+    p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--out", default="runs/example")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     args = p.parse_args()
     try:
         data = load_fashion_mnist()  # read and checksum-verified once, shared by the three runs
@@ -42,6 +43,8 @@ def main() -> None:
             sharpness_every=args.epochs,
             out=f"{args.out}/{opt}",
             quiet=True,
+            progress=False,
+            threads=args.threads,
         )
         s = train(cfg, data=data)
         eps = s["history"][-1]["eps_norm"]
