@@ -1,7 +1,7 @@
 """Acceptance on real Fashion-MNIST (skipped when the Debian package is not installed).
 
 The fast test trains the MLP for 2 epochs (~20-40 s on 2 cores); the slow one runs the README's exact command
-(the small CNN, 1 epoch, ~2-4 min) and is kept out of the default run: the fast test covers the same claim
+(the small CNN, 1 epoch, ~75 s on one thread of a busy 2-core machine) and is kept out of the default run: the fast test covers the same claim
 (``samkit train`` on the full Fashion-MNIST reaches ≥ 85% test accuracy and writes its CSV and checkpoint).
 Run it with ``pytest -m slow tests/train`` or ``SAMKIT_SLOW=1``.
 """
