@@ -571,7 +571,6 @@ def _train(cfg, dist, out, ckpt_path, resume, data, stop_after_epoch, Loader, bu
             if cfg.progress and is_main:
                 bar.set_postfix(loss=f"{float(stats[0] / stats[2]):.4f}", refresh=False)
         bar.close()
-        elapsed += time.perf_counter() - t0
         n = max(float(acc[2]), 1.0)
         ns = max(float(acc[5]) / dist.world, 1.0)
         row: dict[str, Any] = {
@@ -586,6 +585,7 @@ def _train(cfg, dist, out, ckpt_path, resume, data, stop_after_epoch, Loader, bu
         if diverged:
             row.update(train_loss=float("nan"), test_loss=float("nan"), test_acc=float("nan"), status="diverged")
             row["seconds"] = round(time.perf_counter() - t0, 3)
+            elapsed += row["seconds"]
             rows.append(row)
             summary["diverged_epoch"], summary["diverged_step"] = epoch + 1, step
             status = "diverged"
@@ -595,7 +595,8 @@ def _train(cfg, dist, out, ckpt_path, resume, data, stop_after_epoch, Loader, bu
         row["test_loss"], row["test_acc"] = _evaluate(model, test_loader, dist)
         if sharp_batches is not None and ((epoch + 1) % cfg.sharpness_every == 0 or epoch + 1 == cfg.epochs):
             row["top_eigenvalue"] = _sharpness(model, sharp_batches, cfg, dist.device) if is_main else None
-        row["seconds"] = round(time.perf_counter() - t0, 3)
+        row["seconds"] = round(time.perf_counter() - t0, 3)  # training, evaluation and sharpness
+        elapsed += row["seconds"]
         row["status"] = "ok"
         rows.append(row)
         if is_main and not cfg.quiet:
