@@ -165,3 +165,22 @@ def test_tensorboard_flag_without_the_package_is_a_one_line_error(tmp_path, caps
         pass
     code = main([*SMALL_ARGS, "--epochs", "1", "--tensorboard", "--out", str(tmp_path / "tb")])
     assert code == 2 and "pip install tensorboard" in capsys.readouterr().err
+
+
+def test_cifar10_folder_trains_with_augmentation(tmp_path, monkeypatch):
+    import pickle
+
+    import numpy as np
+
+    monkeypatch.delenv("SAMKIT_DATA_DIR", raising=False)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 8))}
+        with open(root / name, "wb") as fh:
+            pickle.dump(d, fh)
+    s = train(TrainConfig(dataset="cifar10", data_dir=str(tmp_path), model="cnn", optimizer="sam", epochs=1,
+                          batch_size=16, progress=False, quiet=True))  # fmt: skip
+    assert s["status"] == "completed" and s["config"]["augment"] is None  # None: on by default for CIFAR
+    assert len(s["history"]) == 1 and 0.0 <= s["final_test_acc"] <= 1.0
