@@ -302,6 +302,10 @@ class _Dist:
 
     def close(self) -> None:
         if self.owned:
+            import gc
+
+            gc.collect()  # free the DDP model (its reducer) before the process group: avoids a gloo teardown abort
+            self.dist.barrier()
             self.dist.destroy_process_group()
 
 
