@@ -42,7 +42,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -53,6 +52,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from samkit._io import atomic_write, atomic_write_text
 
 __all__ = ["TrainConfig", "TrainError", "train", "build_optimizer", "add_parser", "main", "OPTIMIZERS"]
 
@@ -155,31 +156,7 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------------------------------- helpers
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 _CSV_FIELDS = (
@@ -487,12 +464,12 @@ def _train(cfg, dist, out, ckpt_path, resume, data, stop_after_epoch, Loader, bu
         summary.update(_summary(cfg, rows, status, summary, elapsed, dist.world))
         if out is None or not is_main:
             return
-        _atomic_text(out / "metrics.csv", _csv_text(rows))
-        _atomic_text(out / "summary.json", json.dumps(_json_safe(summary), indent=1) + "\n")
+        atomic_write_text(out / "metrics.csv", _csv_text(rows))
+        atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=1) + "\n")
 
     if out is not None and is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_text(out / "config.json", json.dumps(asdict(cfg), indent=1) + "\n")
+        atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1) + "\n")
         write("running")
 
     def save_checkpoint(epoch: int, status: str) -> None:

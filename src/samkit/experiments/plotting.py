@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from samkit._io import atomic_write  # noqa: E402
 
 __all__ = ["plt", "new_figure", "save_figure", "METHOD_STYLE", "method_label"]
 
@@ -35,15 +35,9 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float
 def save_figure(fig, path: Path, dpi: int = 110) -> str:
     """Save ``fig`` as PNG atomically and close it; return the file name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
         fig.tight_layout()
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), suffix=".png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path.name
