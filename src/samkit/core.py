@@ -50,6 +50,7 @@ __all__ = [
     "perturbation_scale",
     "adaptive_scale",
     "perturbation",
+    "batched_perturbation",
 ]
 
 #: The accepted values of ``normalization``.
@@ -239,6 +240,46 @@ def perturbation_scale(
     positive = norm > 0
     inv = torch.where(positive, 1.0 / torch.where(positive, norm + eps, torch.ones_like(norm)), torch.zeros_like(norm))
     return rho * ((1.0 - lam_v) + lam_v * inv)
+
+
+def batched_perturbation(
+    g: Tensor,
+    rho: Tensor | float,
+    *,
+    normalization: str = "l2",
+    lam: float | None = None,
+    eps: float = 0.0,
+) -> Tensor:
+    """The perturbation ``ε = c·g`` for a batch of iterates ``g`` of shape ``[B, *shape]`` (``rho``: ``[B]`` or scalar).
+
+    The same rule as :func:`perturbation`, for the dynamics lab. With ``eps = 0`` (exact normalization) the
+    normalized part is computed on ``ĝ = g / max|g|`` (``ρ ĝ/‖ĝ‖ = ρ g/‖g‖``), so a gradient whose norm is
+    subnormal never overflows ``ρ/‖g‖``; a zero gradient gives a zero perturbation.
+
+    >>> g = torch.tensor([[3e-320, 4e-320], [0.0, 0.0]], dtype=torch.float64)
+    >>> batched_perturbation(g, torch.tensor([1.0, 1.0], dtype=torch.float64)).round(decimals=12).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    nd = g.dim()
+    rho = torch.as_tensor(rho, dtype=g.dtype, device=g.device).expand(g.shape[0])
+
+    def bview(t: Tensor) -> Tensor:
+        return t.view(-1, *([1] * (nd - 1)))
+
+    lam_v = resolve_lam(normalization, lam)
+    if lam_v == 0.0:  # USAM: c = ρ (the norm is not needed)
+        return bview(perturbation_scale(torch.ones_like(rho), rho, normalization="none")) * g
+    if eps > 0:
+        c = perturbation_scale(batched_norm(g), rho, normalization=normalization, lam=lam, eps=eps)
+        return bview(c) * g
+    # exact normalization, scale-safe: ĝ = g / max|g| has max-abs 1 (or is 0), so its plain norm is exact
+    s = g.flatten(1).abs().amax(1).clamp_min_(torch.finfo(g.dtype).tiny)
+    ghat = g / bview(s)
+    nhat = torch.linalg.vector_norm(ghat.flatten(1), dim=1)
+    e = ghat.mul_(bview(perturbation_scale(nhat, rho * lam_v, normalization="l2", eps=0.0)))
+    if lam_v < 1.0:
+        e = e.add_(bview(perturbation_scale(torch.ones_like(rho), rho * (1.0 - lam_v), normalization="none")) * g)
+    return e
 
 
 def adaptive_scale(param: Tensor, adaptive_eta: float = 0.01) -> Tensor:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from samkit.core import batched_norm, perturbation_scale, resolve_lam
+from samkit.core import batched_norm, batched_perturbation, resolve_lam
 from samkit.dynamics.problems import DTYPE, Problem
 
 __all__ = ["METHODS", "SimResult", "simulate", "perturb"]
@@ -46,39 +46,13 @@ def _bview(t: Tensor, ndim: int) -> Tensor:
 
 
 def perturb(g: Tensor, rho: Tensor, normalization: str, lam: float | None = None, eps: float = 0.0) -> Tensor:
-    """The batched perturbation ``ε = c·g`` with ``c`` from :func:`samkit.core.perturbation_scale`.
-
-    ``g`` is ``[B, *shape]``, ``rho`` is ``[B]``. With ``eps = 0`` the normalized part is computed on
-    ``ĝ = g / max|g|`` (the rescaling of :func:`samkit.core.batched_norm`, done once and reused:
-    ``ρ ĝ/‖ĝ‖ = ρ g/‖g‖``), so a gradient whose norm is subnormal never overflows ``ρ/‖g‖`` into a spurious
-    divergence (paper-notes 7.2); for ``"unified"`` the two parts ``ρ(1−λ)g`` and ``ρλ g/‖g‖`` are each taken
-    from ``perturbation_scale``. A zero gradient gives a zero perturbation.
+    """The batched perturbation ``ε = c·g``: :func:`samkit.core.batched_perturbation` (the rule lives in core).
 
     >>> g = torch.tensor([[3e-320, 4e-320], [0.0, 0.0]], dtype=torch.float64)
     >>> perturb(g, torch.tensor([1.0, 1.0], dtype=torch.float64), "l2").round(decimals=12).tolist()
     [[0.6, 0.8], [0.0, 0.0]]
     """
-    nd = g.dim()
-    lam_v = resolve_lam(normalization, lam)
-    if lam_v == 0.0:  # USAM: c = ρ (the norm is not needed)
-        c = perturbation_scale(torch.ones_like(rho), rho, normalization="none")
-        return _bview(c, nd) * g
-    if eps > 0:
-        c = perturbation_scale(batched_norm(g), rho, normalization=normalization, lam=lam, eps=eps)
-        return _bview(c, nd) * g
-    # exact normalization, scale-safe: ĝ = g / max|g| has max-abs 1 (or is 0), so its plain norm is exact
-    s = g.flatten(1).abs().amax(1).clamp_min_(_TINY)
-    ghat = g / _bview(s, nd)
-    nhat = torch.linalg.vector_norm(ghat.flatten(1), dim=1)
-    c_hat = perturbation_scale(nhat, rho * lam_v if lam_v != 1.0 else rho, normalization="l2", eps=0.0)
-    e = ghat.mul_(_bview(c_hat, nd))
-    if lam_v < 1.0:
-        c_u = perturbation_scale(torch.ones_like(rho), rho * (1.0 - lam_v), normalization="none")
-        e = e.add_(_bview(c_u, nd) * g)
-    return e
-
-
-_TINY = torch.finfo(DTYPE).tiny
+    return batched_perturbation(g, rho, normalization=normalization, lam=lam, eps=eps)
 
 
 @dataclass
