@@ -93,20 +93,28 @@ class PLExp(Experiment):
         )
         along_s, along_u = sm.col("along_final"), us.col("along_final")
         late = sm.col("along_final") - sm.col("along_3q")
-        ok2 = (~sm.col("diverged").astype(bool)) & (along_s > along_u) & (late > 1e-6) & (sm.col("y_final") >= 0)
+        # Either still drifting at the end, or already arrived at the flattest point y = 0 (a long run gets there:
+        # then there is nothing left to travel, which is the theorem's point, not a failure).
+        y0 = abs(float(config["x0"][1]))
+        arrived = np.abs(sm.col("y_final")) <= 0.01 * y0
+        drifting = (late > 1e-6) & (sm.col("y_final") >= 0)
+        ok2 = (~sm.col("diverged").astype(bool)) & (along_s > along_u) & (drifting | arrived)
         c2 = Claim(
             id="E6.2",
             statement="SAM keeps drifting along the minima towards the flattest point (y = 0): its distance "
-            "travelled along the manifold keeps growing after USAM's has stopped.",
+            "travelled along the manifold keeps growing after USAM's has stopped, until it reaches y = 0.",
             setting=setting,
-            prediction="still growing at the end of the run (expected behaviour), beyond USAM's distance",
+            prediction="beyond USAM's distance, and still growing at the end of the run or arrived at y = 0 "
+            "(expected behaviour)",
             measured="distance along the minima SAM "
             + ", ".join(fmt(v) for v in along_s)
             + " vs USAM "
             + ", ".join(fmt(v) for v in along_u)
             + "; SAM's growth over the last quarter "
-            + ", ".join(fmt(v) for v in late),
-            tolerance="SAM > USAM and last-quarter growth > 1e-6 at every ρ",
+            + ", ".join(fmt(v) for v in late)
+            + "; SAM's final |y| "
+            + ", ".join(fmt(abs(v)) for v in sm.col("y_final")),
+            tolerance="SAM > USAM, and last-quarter growth > 1e-6 or final |y| ≤ 0.01·|y0|, at every ρ",
             passed=bool(ok2.all()),
             figure="pl_distance.png",
             data=["data/summary.csv", "data/trajectories.csv"],
