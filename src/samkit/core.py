@@ -156,6 +156,13 @@ def global_norm(tensors: Sequence[Tensor], *, foreach: bool = True) -> Tensor:
     return amax * _combine_norms(per_tensor(scaled, 2.0))
 
 
+def _check_and_scale_(tensors: Sequence[Tensor], inv_scale: float, device: torch.device) -> Tensor:
+    flag = torch.zeros(1, device=device, dtype=torch.float32)  # the kernel wants float32 (any default dtype)
+    inv = torch.full((1,), inv_scale, device=device, dtype=torch.float32)
+    torch._amp_foreach_non_finite_check_and_unscale_(list(tensors), flag, inv)
+    return flag
+
+
 def unscale_(tensors: Sequence[Tensor], inv_scale: float, *, foreach: bool = True) -> bool:
     """Multiply every tensor by ``inv_scale`` in place; return True when any holds an inf or NaN.
 
@@ -176,14 +183,21 @@ def unscale_(tensors: Sequence[Tensor], inv_scale: float, *, foreach: bool = Tru
             if inv_scale != 1.0:
                 t.mul_(inv_scale)
         return found
-    by_device: dict[torch.device, list[Tensor]] = {}
-    for t in tensors:
-        by_device.setdefault(t.device, []).append(t)
+    flags = None
+    if inv_scale == 1.0:
+        # A pure check: try one fused call (all tensors on one device, the usual case). Should the kernel stop
+        # part way on a device mismatch, the tensors it did touch were multiplied by exactly 1.
+        try:
+            flags = [_check_and_scale_(tensors, 1.0, tensors[0].device)]
+        except RuntimeError:
+            flags = None
+    if flags is None:
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for t in tensors:
+            by_device.setdefault(t.device, []).append(t)
+        flags = [_check_and_scale_(ts, inv_scale, d) for d, ts in by_device.items()]
     found = False
-    for device, ts in by_device.items():
-        flag = torch.zeros(1, device=device, dtype=torch.float32)  # the kernel wants float32 (any default dtype)
-        inv = torch.full((1,), inv_scale, device=device, dtype=torch.float32)
-        torch._amp_foreach_non_finite_check_and_unscale_(ts, flag, inv)
+    for flag in flags:
         found = found or bool(flag.item())
     return found
 

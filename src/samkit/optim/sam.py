@@ -287,10 +287,14 @@ class SAM(Optimizer):
         if not per_group:
             self.last_grad_norm = self.last_perturbation_norm = None
             return
-        device = group_norms[0].device
-        dtype = torch.float64 if any(n.dtype == torch.float64 for n in group_norms) else torch.float32
-        norms = torch.stack([n.to(device, dtype) for n in group_norms])
-        norm = _combine_norms(norms)
+        if len(group_norms) == 1:
+            norms = group_norms[0].unsqueeze(0)
+            norm = group_norms[0]
+        else:
+            device = group_norms[0].device
+            dtype = torch.float64 if any(n.dtype == torch.float64 for n in group_norms) else torch.float32
+            norms = torch.stack([n.to(device, dtype) for n in group_norms])
+            norm = _combine_norms(norms)
         if not math.isfinite(float(norm)):
             self._stage = "idle"
             self._nonfinite("first")  # raises, or marks the step skipped
@@ -319,7 +323,7 @@ class SAM(Optimizer):
             else:
                 e = _mul(scales, vecs, fe)  # T² g
                 _add_(params, e, coef, fe)
-                eps_norms.append(abs(coef) * global_norm(e, foreach=fe).to(device, dtype))
+                eps_norms.append(abs(coef) * global_norm(e, foreach=fe).to(norm.device, norm.dtype))
             all_params.extend(params)
             all_backups.extend(backups)
         self._perturbed = all_params
@@ -327,7 +331,7 @@ class SAM(Optimizer):
         self._snapshot_bn()
         self._after_perturb(per_group, norm)
         self.last_grad_norm = norm
-        self.last_perturbation_norm = _combine_norms(torch.stack(eps_norms))
+        self.last_perturbation_norm = eps_norms[0] if len(eps_norms) == 1 else _combine_norms(torch.stack(eps_norms))
         if zero_grad:
             self.zero_grad()
 
