@@ -100,3 +100,20 @@ def test_missing_fashion_mnist_is_a_one_line_config_error(tmp_path, monkeypatch)
     unit = e7.units(e7.config("quick"))[0]
     with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
         e7.run_unit(unit.params)
+
+
+def test_e7_1_band_is_never_narrower_than_twice_the_seed_spread():
+    e7 = get("E7")
+    cfg = e7.config("quick", ["rho_min=0.01", "rho_max=10", "n_rho=4"])
+    rhos = [0.01, 0.1, 1.0, 10.0]
+    # seeds 3 points apart everywhere (std 1.5 pt): band = max(1, 2 × 1.5) = 3 points
+    sam = [0.85, 0.83, 0.83, 0.70]  # within 3 points of the best for ρ ∈ [0.01, 1]: 2 decades (1-pt band: 0)
+    usam = [0.85, 0.83, 0.70, 0.70]  # ρ ∈ [0.01, 0.1]: 1 decade
+    rows = []
+    for m, accs in (("sam", sam), ("usam", usam)):
+        rows += [_row(m, r, a + d, seed=s) for r, a in zip(rhos, accs) for s, d in ((0, -0.015), (1, 0.015))]
+    rows += [_row(m, 0.3, 0.8, sweep="lr", lr=0.05) for m in ("sam", "usam")]
+    c = {c.id: c for c in e7.claims(cfg, {"runs": Table(rows)})}["E7.1"]
+    assert c.values["band_points"] == pytest.approx(3.0)
+    assert c.values["width_sam"] == pytest.approx(2.0) and c.values["width_usam"] == pytest.approx(1.0)
+    assert c.passed

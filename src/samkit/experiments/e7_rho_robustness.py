@@ -5,17 +5,47 @@ trains a network on Fashion-MNIST with :func:`samkit.train.train` and records th
 diverged (a non-finite loss or gradient), and the final top Hessian eigenvalue on a fixed set of training batches.
 A companion sweep varies the learning rate at a fixed ρ. Claims, computed from the saved runs:
 
-* E7.1: the ρ range over which SAM stays within 1 point of its best mean accuracy is wider (in decades) than USAM's;
+* E7.1: the ρ range over which SAM stays within a band of its best mean accuracy is wider (in decades) than USAM's;
+  the band is ``tolerance_points`` (1) or twice the median seed-to-seed std over the grid, whichever is larger, so
+  that it is never narrower than the seed noise; a tie fails;
 * E7.2: USAM diverges or collapses (mean accuracy more than ``collapse_drop`` below its best) at some ρ of the grid,
   where SAM still trains;
 * E7.3: SAM never diverges on the ρ grid;
 * E7.4: at fixed ρ, SAM trains at every learning rate where USAM trains (the stability statement: no learning rate
   where USAM trains and SAM does not).
 
+Setting (``quick``, chosen before the verdicts were fixed, not tuned to them): the MLP (784-256-256-10) on the first
+10 000 Fashion-MNIST training images, 6 epochs, batch 128, plain SGD (no momentum) at peak lr 0.2 with a cosine
+schedule, wd 5e-4, ρ ∈ [1e-3, 1] on 7 log-spaced points (3 decades), 3 seeds; lr sweep {0.05 … 1} at ρ = 0.3.
+Why these choices:
+
+* lr 0.2 without momentum is close to SGD's edge of stability, where the paper's mechanism lives (USAM sees the
+  curvature λ + ρλ², SAM a bounded extra term): at ρ = 1e-3 (≈ SGD) both end with λmax ≈ 18 on this MLP, above
+  2/η = 10 at the peak lr, and lr 1.0 diverges for both methods. SGD trains well there (85% on the subset).
+* cosine, not constant: at a constant lr 0.2 the final-iterate test accuracy is erratic (a pilot: 64% with a train
+  loss of 0.32, against 85% with the cosine schedule), which drowns any ρ effect; the lr is still fixed across ρ.
+* ρ ≤ 1: the weights have norm ≈ 14, so ρ = 10 moves them by ~70% of their norm at every step, which is not a SAM
+  setting (SAM's useful ρ is 0.01–0.5 in the literature); SAM then fails for a trivial reason. ρ = 1 already costs
+  SAM 16 points here.
+
+Finding (quick preset, measured): the paper's deep-net claim does NOT reproduce in this setting. Mini-batch
+‖g‖ stays between 0.5 and 0.9 through training, so USAM's perturbation ρ‖g‖ is *shorter* than SAM's ρ at every ρ
+of the grid and USAM is the more conservative method: both stay within 1 point of their best (84.2%) up to ρ ≈
+0.03 (E7.1 ties: FAIL), at ρ = 1 USAM reaches 74.5% and SAM 68.0%, neither diverges nor collapses on the grid
+(E7.2 FAIL, E7.3 PASS), and at ρ = 0.3 both train at lr ≤ 0.5 and both diverge at lr = 1 (E7.4 PASS, but the two
+sets are equal, so it shows no advantage for SAM). Other pilots found the same: at constant lr 0.05 with momentum
+0.9 the two coincide for ρ ≤ 0.1; at lr 0.5 (cosine) both diverge at ρ = 3.16 and not below; the small CNN (5 000
+images, 3 epochs, lr 0.1, one seed) falls to chance for SAM from ρ = 0.32 (USAM 28% there) and for both from ρ = 1.
+USAM's extra instability needs ρλ²‖x − x*‖ to be large, i.e. large gradients; with cross-entropy on these nets
+the gradient is O(1) and the two perturbations are of the same length, so the distinction of the paper does not
+show up at an affordable scale. The claims are kept as stated and left to fail.
+
 Every run is one cached work unit, so an interrupted sweep resumes where it stopped. The ``tiny`` preset (tests)
-runs on synthetic data; ``quick`` on a Fashion-MNIST subset with the MLP; ``full`` on all of Fashion-MNIST with
-ResNet-20 and 3 seeds. Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` or
-``$SAMKIT_DATA_DIR`` (see :mod:`samkit.data`).
+runs on synthetic data; ``quick`` (52 runs, ~2.5 min on one core) as above; ``full`` on all 60 000 Fashion-MNIST
+images with ResNet-20 (BatchNorm), 10 epochs, SGD momentum 0.9, lr 0.05 cosine, the same ρ grid and 3 seeds: 52
+runs, estimated at about 60 h on the 2-core development CPU (not run there; it is meant for a GPU), and its verdicts
+are not known. Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` or ``$SAMKIT_DATA_DIR`` (see
+:mod:`samkit.data`).
 """
 
 from __future__ import annotations
@@ -60,18 +90,18 @@ def _preset(**kw: Any) -> dict[str, Any]:
         "model": "mlp",
         "subset": 10000,
         "test_subset": 10000,
-        "epochs": 4,
+        "epochs": 6,
         "batch_size": 128,
-        "lr": 0.05,
-        "momentum": 0.9,
+        "lr": 0.2,
+        "momentum": 0.0,
         "weight_decay": 5e-4,
-        "schedule": "constant",
-        "rho_min": 0.01,
-        "rho_max": 10.0,
+        "schedule": "cosine",
+        "rho_min": 0.001,
+        "rho_max": 1.0,
         "n_rho": 7,
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2],
         "lr_sweep_rho": 0.3,
-        "lr_sweep": [0.01, 0.03, 0.1, 0.3, 1.0],
+        "lr_sweep": [0.05, 0.1, 0.2, 0.5, 1.0],
         "lr_sweep_seeds": [0],
         "sharpness_batches": 2,
         "sharpness_batch_size": 256,
@@ -116,8 +146,8 @@ class RhoRobustness(Experiment):
             epochs=2,
             batch_size=64,
             n_rho=4,
-            rho_min=0.01,
-            rho_max=10.0,
+            rho_min=0.001,
+            rho_max=1.0,
             seeds=[0],
             lr_sweep=[0.05, 1.0],
             sharpness_batches=1,
@@ -132,7 +162,7 @@ class RhoRobustness(Experiment):
             epochs=10,
             seeds=[0, 1, 2],
             lr=0.05,
-            schedule="cosine",
+            momentum=0.9,
         ),
     }
 
@@ -283,25 +313,30 @@ class RhoRobustness(Experiment):
         drop = float(config["collapse_drop"])
         setting = self._setting(config)
         stats = {m: self._by_value(grid.where(method=m), "rho") for m in METHODS}
+        # the band is at least ``tolerance_points`` and at least twice the typical seed-to-seed spread (median over
+        # the grid points of both methods of the std over seeds): a narrower band would measure seed noise
+        spread = float(np.median(np.concatenate([stats[m][2] for m in METHODS])))
+        tol = max(tol, 2.0 * spread)
         widths = {m: self._good_width(stats[m][0], stats[m][1], tol) for m in METHODS}
         decades = math.log10(config["rho_max"] / config["rho_min"])
         ws, wu = widths["sam"][0], widths["usam"][0]
         out = [
             Claim(
                 id="E7.1",
-                statement=f"SAM's accuracy is more robust to ρ than USAM's: the ρ range where it stays within {tol:g} "
-                "point of its best mean accuracy is wider than USAM's.",
+                statement="SAM's accuracy is more robust to ρ than USAM's: the ρ range where it stays within a band "
+                "of its best mean accuracy is wider than USAM's.",
                 setting=setting,
                 prediction="width(SAM) > width(USAM) (in decades of ρ, on the grid; a tie does not show it)",
-                measured=f"SAM within {tol:g} pt of its best {widths['sam'][3]:.2f}% for ρ∈[{fmt(widths['sam'][1])}, "
-                f"{fmt(widths['sam'][2])}] ({ws:.2f} decades); USAM within {tol:g} pt of its best "
+                measured=f"band {tol:.2f} pt; SAM within it of its best {widths['sam'][3]:.2f}% for ρ∈"
+                f"[{fmt(widths['sam'][1])}, {fmt(widths['sam'][2])}] ({ws:.2f} decades); USAM within it of its best "
                 f"{widths['usam'][3]:.2f}% for ρ∈[{fmt(widths['usam'][1])}, {fmt(widths['usam'][2])}] "
                 f"({wu:.2f} decades), of {decades:.2f} decades on the grid",
-                tolerance="on the grid; accuracies are means over seeds; a diverged run counts as 10% (chance)",
+                tolerance=f"band = max({float(config['tolerance_points']):g} pt, 2 × median seed std "
+                f"{spread:.2f} pt); on the grid; accuracies are means over seeds; a diverged run counts as 10% (chance)",
                 passed=bool(ws > wu + 1e-9),
                 figure="accuracy_vs_rho.png",
                 data=["data/runs.csv"],
-                values={"width_sam": ws, "width_usam": wu, "decades": decades},
+                values={"width_sam": ws, "width_usam": wu, "decades": decades, "band_points": tol},
             )
         ]
         rho_u, mean_u, _, div_u = stats["usam"]
@@ -444,7 +479,9 @@ class RhoRobustness(Experiment):
                 f1,
                 "Test accuracy against ρ",
                 f"Final test accuracy of SAM and USAM over the ρ grid ({setting}); error bars: std over seeds; "
-                "crosses: at least one seed diverged (non-finite loss), counted as 10%.",
+                "crosses: at least one seed diverged (non-finite loss), counted as 10%. At equal ρ USAM's "
+                "perturbation is ρ‖g‖, and where ‖g‖ < 1 (as on the quick preset) it is shorter than SAM's, so USAM "
+                "is then the gentler method; see sharpness_vs_rho.png.",
                 ["E7.1", "E7.2", "E7.3"],
                 ["data/runs.csv"],
             ),
