@@ -268,6 +268,16 @@ class RhoRobustness(Experiment):
         return {"runs": runs, "curves": curves}
 
     # -- analysis helpers -----------------------------------------------------------------------------------------
+    @classmethod
+    def _accuracy_curves(cls, ax: Any, t: Table, key: str) -> None:
+        """Mean ± std test accuracy against ``key`` for each method; crosses where a seed diverged."""
+        for m in METHODS:
+            v, mean, std, div = cls._by_value(t.where(method=m), key)
+            st = METHOD_STYLE[m]
+            ax.errorbar(v, mean, yerr=std, color=st["color"], marker="o", ms=4, capsize=3, label=method_label(m))
+            if div.any():
+                ax.scatter(v[div], mean[div], marker="x", s=70, color=st["color"], zorder=5)
+
     @staticmethod
     def _by_value(t: Table, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per value of ``key``: the value, mean and std of accuracy in points (a diverged run counts as chance,
@@ -421,12 +431,7 @@ class RhoRobustness(Experiment):
         grid = runs.where(sweep="rho")
         fig, axes = new_figure(1, 1, width=5.6, height=4.0)
         ax = axes[0, 0]
-        for m in METHODS:
-            rho, mean, std, div = self._by_value(grid.where(method=m), "rho")
-            st = METHOD_STYLE[m]
-            ax.errorbar(rho, mean, yerr=std, color=st["color"], marker="o", ms=4, capsize=3, label=method_label(m))
-            if div.any():
-                ax.scatter(rho[div], mean[div], marker="x", s=70, color=st["color"], zorder=5)
+        self._accuracy_curves(ax, grid, "rho")
         ax.plot([], [], "kx", label="a seed diverged (counted as 10%)")
         ax.set_xscale("log")
         ax.set_xlabel("perturbation radius ρ")
@@ -461,12 +466,7 @@ class RhoRobustness(Experiment):
         lrs = runs.where(sweep="lr")
         fig, axes = new_figure(1, 1, width=5.2, height=3.8)
         ax = axes[0, 0]
-        for m in METHODS:
-            v, mean, std, div = self._by_value(lrs.where(method=m), "lr")
-            st = METHOD_STYLE[m]
-            ax.errorbar(v, mean, yerr=std, color=st["color"], marker="o", ms=4, capsize=3, label=method_label(m))
-            if div.any():
-                ax.scatter(v[div], mean[div], marker="x", s=70, color=st["color"], zorder=5)
+        self._accuracy_curves(ax, lrs, "lr")
         ax.set_xscale("log")
         ax.set_xlabel("learning rate η")
         ax.set_ylabel("test accuracy (%)")
