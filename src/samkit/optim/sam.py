@@ -569,21 +569,24 @@ class SAM(Optimizer):
                     accum[i].add_(p.grad, alpha=w)
         for p, a in zip(params, accum):
             p.grad = a
-        self._stage = "perturbed"  # nothing is perturbed now: second_step checks and takes the base step
-        self._perturbed, self._perturbed_backups, self._bn_backup = [], [], []
-        self.second_step()
+        self._step_unperturbed()
         return loss
 
     def _plain_step(self, closure: Callable[[], Any], scaler: Any) -> Any:
         """The base optimizer's step alone (the off-steps of ``interval`` SAM), with the same checks."""
         loss = closure()
-        with torch.no_grad():
-            self._stage = "perturbed"  # nothing perturbed: second_step only checks and steps
-            self._perturbed, self._perturbed_backups, self._bn_backup = [], [], []
-            self._skip_pending = False
-            self._scaler_recorded = False
-            self.second_step(scaler=scaler)
+        self._step_unperturbed(scaler)
         return loss
+
+    @torch.no_grad()
+    def _step_unperturbed(self, scaler: Any = None) -> None:
+        """The base step with the gradients in ``.grad`` and nothing to restore, through :meth:`second_step`'s
+        checks (finite gradients, scaler, counters)."""
+        self._stage = "perturbed"
+        self._perturbed, self._perturbed_backups, self._bn_backup = [], [], []
+        self._skip_pending = False
+        self._scaler_recorded = False
+        self.second_step(scaler=scaler)
 
     def _restore_after_error(self) -> None:
         with torch.no_grad():
