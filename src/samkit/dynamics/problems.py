@@ -273,7 +273,16 @@ def _eig2_max(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return 0.5 * (a + c) + torch.hypot(0.5 * (a - c), b)
 
 
-class ScalarFactorization(Problem):
+class _ProductLoss(Problem):
+    """A loss of the product ``xy`` of two scalars, minimal on the axes ``{x = 0} ∪ {y = 0}``."""
+
+    def distance_to_minima(self, x: Tensor) -> Tensor:
+        """Distance to the axes: ``min(|x|, |y|)``."""
+        xb, single = self._batch(x)
+        return self._unbatch(xb.abs().amin(1), single)
+
+
+class ScalarFactorization(_ProductLoss):
     """``L(x, y) = ½ (xy)²`` (Theorem 2), shape ``(2,)``. Minima: the two axes; the flattest is the origin.
 
     Hessian ``[[y², 2xy], [2xy, x²]]`` (closed-form sharpness). Not globally smooth: USAM's perturbation
@@ -301,16 +310,11 @@ class ScalarFactorization(Problem):
         p, q = x[:, 0], x[:, 1]
         return _eig2_max(q * q, 2 * p * q, p * p)
 
-    def distance_to_minima(self, x: Tensor) -> Tensor:
-        """Distance to the axes: ``min(|x|, |y|)``."""
-        xb, single = self._batch(x)
-        return self._unbatch(xb.abs().amin(1), single)
-
     def default_x0(self) -> Tensor:
         return torch.tensor([1.0, 3.0], dtype=DTYPE)
 
 
-class SingleNeuron(Problem):
+class SingleNeuron(_ProductLoss):
     """Single-neuron linear network ``L(x, y) = ℓ(xy)`` (Theorems 3–5), shape ``(2,)``.
 
     ``loss="logcosh"``: ``ℓ(s) = log cosh s`` (ℓ′ = tanh, ℓ″ = sech²); ``loss="sqrt"``: ``ℓ(s) = √(1 + s²)``
@@ -367,11 +371,6 @@ class SingleNeuron(Problem):
 
     def _sharpness(self, x: Tensor) -> Tensor:
         return _eig2_max(*self._hess(x))
-
-    def distance_to_minima(self, x: Tensor) -> Tensor:
-        """Distance to the axes: ``min(|x|, |y|)``."""
-        xb, single = self._batch(x)
-        return self._unbatch(xb.abs().amin(1), single)
 
     def default_x0(self) -> Tensor:
         return torch.tensor([1.2, 3.1], dtype=DTYPE)
