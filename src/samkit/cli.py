@@ -1,4 +1,4 @@
-"""The ``samkit`` command line.
+"""The ``samkit`` command line: one parser for every command.
 
 Commands::
 
@@ -10,31 +10,48 @@ Commands::
 
 Results are cached per work unit (a hash of its parameters), so a rerun skips finished work and an
 interrupted run resumes. Bad input (unknown experiment, unknown key, a value of the wrong type, an
-unwritable output directory) prints one line to stderr and exits with code 2. ``run`` and
-``reproduce`` exit with code 1 when a claim FAILs, 0 when every claim PASSes.
+unwritable output directory, a bad training flag, a checkpoint or data file that cannot be trusted) prints one
+line to stderr and exits with code 2. ``run`` and ``reproduce`` exit with code 1 when a claim FAILs, 0 when every
+claim PASSes; ``train`` exits with 0 when the run completed or diverged (divergence is a result).
+
+>>> args = build_parser().parse_args(["train", "--optimizer", "usam", "--rho", "0.1", "--schedule", "decay"])
+>>> cfg = train_config(args)
+>>> cfg.optimizer, cfg.rho, cfg.schedule, cfg.decay_frac, cfg.out
+('usam', 0.1, 'decay', 0.1, 'runs/fashion-mnist-cnn-usam-rho0.1-lr0.05-s0')
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+from samkit.data import DATASETS
+from samkit.experiments import get, names
+from samkit.experiments.base import PRESETS, ConfigError
+from samkit.experiments.runner import ensure_writable, finalize, read_json, run_experiment
+from samkit.models import MODELS
+from samkit.report import summary, write_report
+from samkit.train import TrainConfig, TrainError, train
+from samkit.train.config import DEVICES, OPTIMIZERS, PERTURBATIONS, SCHEDULES
+
+__all__ = ["main", "build_parser", "train_config"]
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+    """An ArgumentParser whose errors are one line on stderr (``PROG: error: ...``) and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"samkit: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``samkit``."""
+    """The argument parser of ``samkit`` (every command, ``train`` included)."""
     p = _Parser(prog="samkit", description="SAM vs USAM: reproduce Dai, Ahn & Sra (NeurIPS 2023).")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -60,10 +77,96 @@ def build_parser() -> argparse.ArgumentParser:
     common(rep)
     r = sub.add_parser("report", help="redraw the figures and rewrite the report of DIR from its saved data")
     r.add_argument("dir", metavar="DIR")
-    from samkit.train import add_parser as add_train_parser  # `samkit train` (see samkit.train)
-
-    add_train_parser(sub)
+    _add_train_arguments(
+        sub.add_parser(
+            "train",
+            help="train a model with SGD / SAM / USAM / unified SAM",
+            description="Train an image classifier with SGD, SAM, USAM or unified SAM.",
+        )
+    )
     return p
+
+
+def _opt_int(text: str) -> int | None:
+    return None if text.lower() in ("", "none", "all") else int(text)
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    a = p.add_argument
+    a("--dataset", choices=DATASETS, default=d.dataset, help="default: %(default)s")
+    a("--model", choices=MODELS, default=d.model, help="default: %(default)s")
+    a("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd | sam (normalized) | usam | unified (λ)")
+    a("--rho", type=float, default=d.rho, help="perturbation radius ρ (default: %(default)s)")
+    a("--lam", type=float, default=None, help="λ in [0, 1] for --optimizer unified")
+    a("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    a("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
+    a("--weight-decay", type=float, default=d.weight_decay, help="default: %(default)s")
+    a("--batch-size", type=int, default=d.batch_size, help="per process (default: %(default)s)")
+    a("--epochs", type=int, default=d.epochs, help="default: %(default)s")
+    a(
+        "--schedule",
+        choices=SCHEDULES,
+        default=d.schedule,
+        help="per-step learning-rate schedule: cosine to 0, constant, or decay (constant, then linear to 0 over "
+        "the last --decay-frac of the steps) (default: %(default)s)",
+    )
+    a("--decay-frac", type=float, default=d.decay_frac, help="--schedule decay: the fraction in (0, 1] of the steps "
+      "over which the learning rate falls linearly to 0 (default: %(default)s)")  # fmt: skip
+    a("--seed", type=int, default=d.seed, help="default: %(default)s")
+    a("--out", default=None, help="output folder (default: runs/DATASET-MODEL-OPTIMIZER-rhoR-lrL-sSEED)")
+    a("--data-dir", default=None, help="data folder (default: $SAMKIT_DATA_DIR, then /usr/share/datasets/...)")
+    a("--no-verify-data", dest="verify_data", action="store_false", help="read data files whose checksum is not the "
+      "official one (CIFAR-10 batches are still read by the restricted reader)")  # fmt: skip
+    a("--subset", type=_opt_int, default=None, metavar="N", help="train on the first N training examples")
+    a("--test-subset", type=_opt_int, default=None, metavar="N", help="test on the first N test examples")
+    aug = p.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None, help="crop+flip (CIFAR default)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false")
+    a("--sharpness-every", type=int, default=0, metavar="K", help="top Hessian eigenvalue every K epochs (0: never)")
+    a("--sharpness-batches", type=int, default=d.sharpness_batches, help="fixed batches for it (default: %(default)s)")
+    a("--sharpness-batch-size", type=int, default=d.sharpness_batch_size, help="default: %(default)s")
+    a("--sharpness-iters", type=int, default=d.sharpness_iters, help="Lanczos steps at most (default: %(default)s)")
+    a("--perturbation", choices=PERTURBATIONS, default=d.perturbation, help="DDP: per-rank or averaged ε")
+    a("--eval-batch-size", type=int, default=d.eval_batch_size, help="default: %(default)s")
+    a("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default)")
+    a("--threads", type=int, default=0, help="torch threads (0: $SAMKIT_THREADS, else 1; under DDP cores/processes)")
+    a("--synthetic-train", type=int, default=d.synthetic_train, help="synthetic data: training examples")
+    a("--synthetic-test", type=int, default=d.synthetic_test, help="synthetic data: test examples")
+    a("--image-size", type=int, default=d.image_size, help="synthetic data: image side (default: %(default)s)")
+    a("--channels", type=int, default=d.channels, help="synthetic data: 1 or 3 (default: %(default)s)")
+    a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    a("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs the tensorboard package)")
+    a("--no-progress", action="store_true", help="hide the progress bars")
+    a("--quiet", action="store_true", help="no per-epoch lines on stdout")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`~samkit.train.TrainConfig` of parsed ``samkit train`` arguments (``--out`` defaults to a
+    folder named after the run under ``runs/``)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}, progress=not args.no_progress)
+    if cfg.out is None:
+        cfg.out = f"runs/{cfg.dataset}-{cfg.model}-{cfg.optimizer}-rho{cfg.rho:g}-lr{cfg.lr:g}-s{cfg.seed}"
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        cfg = train_config(args)
+        result = train(cfg, resume=args.resume)
+    except TrainError as err:
+        sys.stderr.write(f"samkit train: error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("samkit train: interrupted; rerun the same command with --resume to continue\n")
+        return 130
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"{result['status']}: final test accuracy {result.get('final_test_acc')}, "
+            f"{result['seconds']:.1f} s; wrote {cfg.out}/metrics.csv, checkpoint.pt, summary.json"
+        )
+    return 0
 
 
 def _print_claims(result: dict) -> None:
@@ -71,15 +174,10 @@ def _print_claims(result: dict) -> None:
         print(f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['id']}: {c['statement']} — measured {c['measured']}")
 
 
-def _run(names: Sequence[str], preset: str, out: Path, overrides: Sequence[str], progress: bool) -> int:
-    from samkit.experiments import get
-    from samkit.experiments.base import PRESETS, ConfigError
-    from samkit.experiments.runner import ensure_writable, run_experiment
-    from samkit.report import summary, write_report
-
+def _run(experiments: Sequence[str], preset: str, out: Path, overrides: Sequence[str], progress: bool) -> int:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    exps = [get(n) for n in names]
+    exps = [get(n) for n in experiments]
     configs = [e.config(preset, overrides) for e in exps]  # validate every override before any work
     ensure_writable(out)
     t0 = time.perf_counter()
@@ -97,11 +195,6 @@ def _run(names: Sequence[str], preset: str, out: Path, overrides: Sequence[str],
 
 
 def _report(directory: Path) -> int:
-    from samkit.experiments import get
-    from samkit.experiments.base import ConfigError
-    from samkit.experiments.runner import ensure_writable, finalize, read_json
-    from samkit.report import summary, write_report
-
     if not directory.is_dir():
         raise ConfigError(f"no such results directory {str(directory)!r}")
     ensure_writable(directory)
@@ -110,7 +203,12 @@ def _report(directory: Path) -> int:
         raise ConfigError(f"{str(directory)!r} holds no experiment results (run `samkit reproduce --out DIR` first)")
     results = []
     for d in dirs:
-        name = read_json(d / "config.json")["experiment"]
+        try:
+            name = read_json(d / "config.json")["experiment"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{d / 'config.json'} is not a samkit experiment config ({type(err).__name__})") from None
+        if not isinstance(name, str):
+            raise ConfigError(f"{d / 'config.json'} is not a samkit experiment config (experiment {name!r})")
         results.append(finalize(get(name), d))
     paths = write_report(directory)
     passed, total = summary(results)
@@ -121,12 +219,8 @@ def _report(directory: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samkit`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from samkit.experiments.base import ConfigError
-
     try:
         if args.command == "list":
-            from samkit.experiments import get, names
-
             for n in names():
                 e = get(n)
                 print(f"{e.name:4s} {e.title} — {e.summary} (presets: {', '.join(e.presets)})")
@@ -134,15 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run([args.experiment], args.preset, Path(args.out), args.overrides, not args.no_progress)
         if args.command == "reproduce":
-            from samkit.experiments import names
-
             return _run(names(), args.preset, Path(args.out), [], not args.no_progress)
         if args.command == "report":
             return _report(Path(args.dir))
         if args.command == "train":
-            from samkit.train import run_args
-
-            return run_args(args)
+            return _train(args)
     except ConfigError as err:
         sys.stderr.write(f"samkit: error: {err}\n")
         return 2

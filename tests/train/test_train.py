@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cifar_files import write_folder
 
-from samkit.train import TrainConfig, TrainError, main, train
+from samkit.cli import main as samkit_main
+from samkit.train import TrainConfig, TrainError, train
 
 SMALL = dict(dataset="synthetic", model="mlp", batch_size=32, synthetic_train=96, synthetic_test=48, image_size=8)
 SMALL_ARGS = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "32", "--synthetic-train", "96",
@@ -25,6 +27,11 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def main(argv: list[str]) -> int:
+    """``samkit train ARGV``."""
+    return samkit_main(["train", *argv])
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -44,7 +51,7 @@ def test_cli_writes_csv_checkpoint_and_summary(tmp_path, capsys):
     assert abs(float(rows[0]["eps_norm"]) - 0.05) < 1e-5  # SAM: ‖ε‖ = ρ
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_done"] == 2
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["status"] == "completed"
     assert "completed" in capsys.readouterr().out
     # rerunning into the same folder without --resume is refused; with --resume it is a no-op
@@ -60,7 +67,7 @@ def test_cli_writes_csv_checkpoint_and_summary(tmp_path, capsys):
         (["--optimizer", "unified"], "needs --lam"),
         (["--optimizer", "sam", "--lam", "0.5"], "only used with --optimizer unified"),
         (["--rho", "-1"], "--rho must be"),
-        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
         (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "cifar-10-python.tar.gz"),
     ],
 )
@@ -124,14 +131,12 @@ def test_nan_loss_ends_the_run_as_diverged(tmp_path, capsys):
     again = train(TrainConfig(**dict(SMALL, optimizer="usam", rho=1e4, lr=5.0, momentum=0.0, schedule="constant",
                                      epochs=5, progress=False, threads=1, out=str(out))), resume=True)  # fmt: skip
     assert again["status"] == "diverged"
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)  # the last finite weights, marked diverged
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)  # the last finite weights, marked diverged
     assert ckpt["status"] == "diverged" and ckpt["epoch"] == summary["diverged_epoch"] - 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_samkit_cli_has_the_train_command(tmp_path, capsys):
-    from samkit.cli import main as samkit_main
-
     assert samkit_main(["train", *SMALL_ARGS, "--epochs", "1", "--quiet", "--out", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "metrics.csv").exists()
     with pytest.raises(SystemExit) as e:
@@ -168,19 +173,12 @@ def test_tensorboard_flag_without_the_package_is_a_one_line_error(tmp_path, caps
 
 
 def test_cifar10_folder_trains_with_augmentation(tmp_path, monkeypatch):
-    import pickle
-
-    import numpy as np
-
     monkeypatch.delenv("SAMKIT_DATA_DIR", raising=False)
-    root = tmp_path / "cifar-10-batches-py"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 8))}
-        with open(root / name, "wb") as fh:
-            pickle.dump(d, fh)
-    s = train(TrainConfig(dataset="cifar10", data_dir=str(tmp_path), model="cnn", optimizer="sam", epochs=1,
-                          batch_size=16, progress=False, quiet=True))  # fmt: skip
+    write_folder(tmp_path / "cifar-10-batches-py", n=8)
+    cfg = dict(dataset="cifar10", data_dir=str(tmp_path), model="cnn", optimizer="sam", epochs=1, batch_size=16,
+               progress=False, quiet=True)  # fmt: skip
+    with pytest.raises(TrainError, match="data_batch_1 is not a known CIFAR-10 file: its md5 is"):
+        train(TrainConfig(**cfg))  # not the official files: refused unless verification is turned off
+    s = train(TrainConfig(**cfg, verify_data=False))
     assert s["status"] == "completed" and s["config"]["augment"] is None  # None: on by default for CIFAR
     assert len(s["history"]) == 1 and 0.0 <= s["final_test_acc"] <= 1.0

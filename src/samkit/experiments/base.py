@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from samkit._io import jsonable as _jsonable  # one JSON-safe converter (re-exported for the runner)
+
 __all__ = [
     "PRESETS",
     "ConfigError",
@@ -269,25 +271,6 @@ def read_table(path: Path) -> Table:
     """Read a CSV written by :func:`samkit.experiments.runner.write_csv` back into a :class:`Table`."""
     with open(path, newline="") as fh:
         return Table([{k: _convert(v) for k, v in row.items()} for row in csv.DictReader(fh)])
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        x = float(obj)
-        return x if math.isfinite(x) else str(x)
-    if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
-    return obj
 
 
 class Experiment:

@@ -17,8 +17,6 @@ never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import platform
@@ -29,7 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from samkit._io import atomic_write_text
+from samkit._io import atomic_write_text, write_csv
+from samkit._threads import default_threads, torch_threads
 from samkit.experiments.base import (
     Claim,
     ConfigError,
@@ -64,22 +63,6 @@ def read_json(path: Path) -> Any:
     """Read a JSON file."""
     with open(path) as fh:
         return json.load(fh)
-
-
-def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Atomically write tidy rows as CSV; the header is the union of keys in first-seen order."""
-    rows = [dict(r) for r in rows]
-    fields: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in fields:
-                fields.append(k)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
 
 
 def _git_commit() -> str | None:
@@ -128,18 +111,11 @@ def provenance(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def _threads():
-    """Run a unit on ``SAMKIT_THREADS`` torch threads (default 1): small float64 problems run fastest and most
-    predictably single-threaded on a shared machine, and a fixed thread count keeps results bit-identical."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(os.environ.get("SAMKIT_THREADS", "1"))))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+def _threads() -> contextlib.AbstractContextManager[None]:
+    """Run a unit on ``SAMKIT_THREADS`` torch threads (default 1; see :mod:`samkit._threads`): small float64
+    problems run fastest and most predictably single-threaded on a shared machine, and a fixed thread count keeps
+    results bit-identical."""
+    return torch_threads(default_threads())
 
 
 def unit_hash(exp: Experiment, params: Mapping[str, Any]) -> str:
