@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -145,10 +146,10 @@ def test_samkit_cli_has_the_train_command(tmp_path, capsys):
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
-    """``torchrun --nproc_per_node=2 -m samkit train ...`` with gloo on CPU."""
+    """``torchrun --nproc_per_node=2 -m samkit.train ...`` with gloo on CPU (``-m samkit train`` is the same entry)."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "samkit", "train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "samkit.train",
            *SMALL_ARGS, "--optimizer", "sam", "--epochs", "2", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -182,3 +183,52 @@ def test_cifar10_folder_trains_with_augmentation(tmp_path, monkeypatch):
     s = train(TrainConfig(**cfg, verify_data=False))
     assert s["status"] == "completed" and s["config"]["augment"] is None  # None: on by default for CIFAR
     assert len(s["history"]) == 1 and 0.0 <= s["final_test_acc"] <= 1.0
+
+
+def test_decay_schedule_is_constant_then_linear_to_zero():
+    cfg = TrainConfig(lr=0.1, schedule="decay", decay_frac=0.25)
+    # 12 steps, the last 3 decay: lr·(12 − step)/3 from step 9 on
+    assert [cfg.lr_at(s, 12) for s in (0, 5, 9, 10, 11, 12)] == [0.1, 0.1, 0.1, 0.1 * 2 / 3, 0.1 / 3, 0.0]
+    whole = TrainConfig(lr=0.2, schedule="decay", decay_frac=1.0)
+    assert [whole.lr_at(s, 4) for s in range(5)] == pytest.approx([0.2, 0.15, 0.1, 0.05, 0.0], rel=1e-15, abs=0)
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(TrainError, match=r"--decay-frac must be a number in \(0, 1\]"):
+            TrainConfig(schedule="decay", decay_frac=bad).validate()
+
+
+@pytest.mark.parametrize("schedule", ["decay", "cosine"])
+def test_the_loop_applies_the_scheduled_lr_at_every_step(schedule):
+    """The lr each optimizer step runs with is exactly ``cfg.lr_at(step, total)``."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    cfg = TrainConfig(**dict(SMALL, optimizer="sgd", epochs=4, progress=False, quiet=True, lr=0.1,
+                             schedule=schedule, decay_frac=0.25))  # fmt: skip
+    seen: list[float] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        summary = train(cfg)
+    finally:
+        handle.remove()
+    total = 4 * 3  # 96 examples in batches of 32
+    assert seen == [cfg.lr_at(s, total) for s in range(total)]
+    assert [r["lr"] for r in summary["history"]] == [cfg.lr_at(s, total) for s in (3, 6, 9, 12)]
+
+
+def test_every_config_field_has_a_train_flag_with_help():
+    from samkit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    flags = {opt: a for a in sub._actions for opt in a.option_strings}
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--no-progress" if f.name == "progress" else "--no-verify-data" if f.name == "verify_data" else (
+            "--" + f.name.replace("_", "-"))  # fmt: skip
+        assert flag in flags and flags[flag].help, flag
+    assert sub.prog == "samkit train"
+
+
+@pytest.mark.parametrize("entry", [["-m", "samkit", "train"], ["-m", "samkit.train"]])
+def test_module_entry_points(entry, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.run([sys.executable, *entry, "--optimizer", "adam"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith("samkit train: error: argument --optimizer: invalid choice")
+    assert proc.stderr.count("\n") == 1
