@@ -66,14 +66,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # protocol notes of the weights-only unpickler
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only load failed" in str(err).lower():
-            found = re.search(r"GLOBAL (\S+)", str(err))
-            asks = f"it asks to load {found.group(1)}" if found else "it holds objects the safe loader does not allow"
-            raise TrainError(
-                f"{path} is not a samkit checkpoint or was written by an untrusted tool: {asks} "
-                "(refused; nothing in it was run)"
-            ) from None
-        raise TrainError(_corrupt(path, err)) from None
+        found = re.search(r"GLOBAL (\S+)", str(err))  # the weights-only loader met a global it does not allow
+        if found is None:
+            raise TrainError(_corrupt(path, err)) from None
+        raise TrainError(
+            f"{path} is not a samkit checkpoint or was written by an untrusted tool: it asks to load "
+            f"{found.group(1)} (refused; nothing in it was run)"
+        ) from None
     except Exception as err:  # noqa: BLE001 - any failure to decode an untrusted file is the same one-line error
         raise TrainError(_corrupt(path, err)) from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _CHECKPOINT_KEYS):
@@ -88,7 +87,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _corrupt(path: Path, err: BaseException) -> str:
     return (
-        f"{path} is not a readable checkpoint: the file is truncated or corrupt ({type(err).__name__}); "
+        f"{path} is not a readable checkpoint: the file is truncated or corrupt, or not a checkpoint "
+        f"({type(err).__name__}); "
         "restore it from a copy or start a new run in another --out"
     )
 
