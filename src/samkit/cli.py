@@ -152,15 +152,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    try:
-        cfg = train_config(args)
-        result = train(cfg, resume=args.resume)
-    except TrainError as err:
-        sys.stderr.write(f"samkit train: error: {err}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("samkit train: interrupted; rerun the same command with --resume to continue\n")
-        return 130
+    cfg = train_config(args)
+    result = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"{result['status']}: final test accuracy {result.get('final_test_acc')}, "
@@ -216,6 +209,10 @@ def _report(directory: Path) -> int:
     return 0 if passed == total else 1
 
 
+def _prog(args: argparse.Namespace) -> str:
+    return "samkit train" if args.command == "train" else "samkit"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samkit`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -233,11 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(Path(args.dir))
         if args.command == "train":
             return _train(args)
-    except ConfigError as err:
-        sys.stderr.write(f"samkit: error: {err}\n")
+    except (ConfigError, TrainError) as err:
+        sys.stderr.write(f"{_prog(args)}: error: {err}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("samkit: interrupted; rerun the same command to resume from the finished units\n")
+        how = "with --resume to continue" if args.command == "train" else "to resume from the finished units"
+        sys.stderr.write(f"{_prog(args)}: interrupted; rerun the same command {how}\n")
         return 130
     return 2
 

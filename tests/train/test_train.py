@@ -22,14 +22,6 @@ SMALL_ARGS = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "32", 
               "--synthetic-test", "48", "--image-size", "8", "--no-progress", "--threads", "1"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def main(argv: list[str]) -> int:
     """``samkit train ARGV``."""
     return samkit_main(["train", *argv])
