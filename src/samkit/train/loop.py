@@ -281,6 +281,38 @@ def train(
         dist.close()
 
 
+def _checkpoint_to_resume(cfg: TrainConfig, records: Records, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to continue from (``None``: a new run); refuses a changed config or an existing run."""
+    if not resume:
+        if records.has_checkpoint():
+            raise TrainError(
+                f"{cfg.out} already holds a run (checkpoint.pt): pass --resume to continue it, or a new --out"
+            )
+        return None
+    ckpt = records.load()
+    diff = cfg.changed_from(ckpt["config"])
+    if diff:
+        parts = ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}" for k in diff)
+        raise TrainError(f"--resume: the config differs from the checkpoint's ({parts}); use the same flags")
+    return ckpt
+
+
+def _epoch_row(run: _Run, epoch: int, stats: EpochStats, t0: float) -> dict[str, Any]:
+    """The epoch's row of ``metrics.csv``: training stats, then (unless diverged) test metrics and sharpness."""
+    cfg = run.cfg
+    row: dict[str, Any] = {"epoch": epoch + 1, "step": run.step, "lr": cfg.lr_at(run.step, run.total_steps)}
+    row.update(stats.row(run.dist.world))
+    if stats.diverged:
+        row.update(test_loss=float("nan"), test_acc=float("nan"), status="diverged")
+    else:
+        row["test_loss"], row["test_acc"] = _evaluate(run.model, run.test_loader, run.dist)
+        if run.sharp_batches is not None and ((epoch + 1) % cfg.sharpness_every == 0 or epoch + 1 == cfg.epochs):
+            row["top_eigenvalue"] = _sharpness(run) if run.dist.is_main else None
+        row["status"] = "ok"
+    row["seconds"] = round(time.perf_counter() - t0, 3)  # training, evaluation and sharpness
+    return row
+
+
 def _train(
     cfg: TrainConfig,
     dist: Dist,
@@ -289,20 +321,11 @@ def _train(
     stop_after_epoch: int | None,
 ) -> dict[str, Any]:
     records = Records(cfg.out, enabled=dist.is_main)
-    ckpt = None
-    if resume:
-        ckpt = records.load()
-        diff = cfg.changed_from(ckpt["config"])
-        if diff:
-            parts = ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}" for k in diff)
-            raise TrainError(f"--resume: the config differs from the checkpoint's ({parts}); use the same flags")
-        if ckpt["status"] in ("completed", "diverged"):
-            if dist.is_main and not cfg.quiet:
-                print(f"run in {cfg.out} already {ckpt['status']}; nothing to do", file=sys.stderr)
-            return ckpt["summary"]
-    elif records.has_checkpoint():
-        raise TrainError(f"{cfg.out} already holds a run (checkpoint.pt): pass --resume to continue it, or a new --out")
-
+    ckpt = _checkpoint_to_resume(cfg, records, resume)
+    if ckpt is not None and ckpt["status"] in ("completed", "diverged"):
+        if dist.is_main and not cfg.quiet:
+            print(f"run in {cfg.out} already {ckpt['status']}; nothing to do", file=sys.stderr)
+        return ckpt["summary"]
     run = _setup(cfg, dist, data)
     rows: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
@@ -339,26 +362,16 @@ def _train(
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             stats = _run_epoch(run, epoch)
-            row: dict[str, Any] = {"epoch": epoch + 1, "step": run.step, "lr": cfg.lr_at(run.step, run.total_steps)}
-            row.update(stats.row(dist.world))
+            row = _epoch_row(run, epoch, stats, t0)
+            elapsed += row["seconds"]
+            rows.append(row)
             if stats.diverged:
-                row.update(test_loss=float("nan"), test_acc=float("nan"), status="diverged")
-                row["seconds"] = round(time.perf_counter() - t0, 3)
-                elapsed += row["seconds"]
-                rows.append(row)
                 diverged_at, status = (epoch + 1, run.step), "diverged"
                 if dist.is_main and not cfg.quiet:
                     print(
                         f"diverged: non-finite loss or gradient at epoch {epoch + 1}, step {run.step}", file=sys.stderr
                     )
                 break
-            row["test_loss"], row["test_acc"] = _evaluate(run.model, run.test_loader, dist)
-            if run.sharp_batches is not None and ((epoch + 1) % cfg.sharpness_every == 0 or epoch + 1 == cfg.epochs):
-                row["top_eigenvalue"] = _sharpness(run) if dist.is_main else None
-            row["seconds"] = round(time.perf_counter() - t0, 3)  # training, evaluation and sharpness
-            row["status"] = "ok"
-            elapsed += row["seconds"]
-            rows.append(row)
             _report(cfg, dist, row, tb)
             status = "completed" if epoch + 1 == cfg.epochs else "running"
             records.write(rows, summarize(cfg, rows, status, diverged_at, elapsed, dist.world))
