@@ -224,3 +224,16 @@ def test_module_entry_points(entry, tmp_path):
     proc = subprocess.run([sys.executable, *entry, "--optimizer", "adam"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and proc.stderr.startswith("samkit train: error: argument --optimizer: invalid choice")
     assert proc.stderr.count("\n") == 1
+
+
+def test_samkit_threads_sets_the_thread_count_and_a_bad_value_is_one_line(tmp_path, capsys, monkeypatch):
+    from samkit._threads import default_threads
+
+    monkeypatch.setenv("SAMKIT_THREADS", "3")
+    assert default_threads() == 3 and default_threads(world=4) == 3
+    monkeypatch.delenv("SAMKIT_THREADS")
+    assert default_threads() == 1 and default_threads(world=2) == max(1, (os.cpu_count() or 1) // 2)
+    monkeypatch.setenv("SAMKIT_THREADS", "two")
+    assert main([*SMALL_ARGS, "--threads", "0", "--epochs", "1", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err == "samkit train: error: SAMKIT_THREADS must be an integer >= 1, got 'two'\n"
