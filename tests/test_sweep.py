@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from samkit.experiments.base import read_table
 from samkit.experiments.executors import InlineExecutor, PoolExecutor
 from samkit.experiments.runner import read_json
-from samkit.experiments.base import read_table
 from samkit.sweep import SweepRun, expand_grid, run_name, run_sweep
 from samkit.train import TrainConfig, TrainError
 

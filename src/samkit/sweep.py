@@ -112,7 +112,11 @@ def run_sweep(
     tasks = []
     for r in runs:
         cfg = dataclasses.replace(
-            r.config, out=str(out / "runs" / r.name), progress=False, quiet=True, threads=r.config.threads or unit_threads()
+            r.config,
+            out=str(out / "runs" / r.name),
+            progress=False,
+            quiet=True,
+            threads=r.config.threads or unit_threads(),
         )
         cfg.validate()
         tasks.append(Task("sweep", r.name, dataclasses.asdict(cfg), _train_unit, {"num_cpus": 1}))

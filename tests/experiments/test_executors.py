@@ -229,9 +229,9 @@ def test_editing_the_code_of_an_experiment_recomputes_its_units(tmp_path, monkey
 
 
 def test_the_fingerprint_covers_the_samkit_modules_an_experiment_imports():
-    from samkit.experiments.runner import _module_file, _samkit_imports
-
     import ast
+
+    from samkit.experiments.runner import _module_file, _samkit_imports
 
     path = _module_file("samkit.experiments.e3_theorem1")
     deps = _samkit_imports(ast.parse(path.read_text()), "samkit.experiments.e3_theorem1")

@@ -140,7 +140,9 @@ def execute(fn: Callable[[Mapping[str, Any]], Any], params: Mapping[str, Any]) -
         torch.set_num_threads(old)
 
 
-def _execute_or_error(fn: Callable[[Mapping[str, Any]], Any], params: Mapping[str, Any]) -> tuple[Any, float, str | None]:
+def _execute_or_error(
+    fn: Callable[[Mapping[str, Any]], Any], params: Mapping[str, Any]
+) -> tuple[Any, float, str | None]:
     """:func:`execute`, with an exception turned into its formatted text (exceptions may not unpickle)."""
     try:
         result, seconds = execute(fn, params)
@@ -237,9 +239,7 @@ class PoolExecutor(Executor):
                         else:
                             pending.append(t)
                         continue
-                    yield Outcome(
-                        t, result, seconds, None if error is None else _error_text(t, error), attempts[id(t)]
-                    )
+                    yield Outcome(t, result, seconds, None if error is None else _error_text(t, error), attempts[id(t)])
                 if broken:
                     self._shutdown(kill=True)
                     again = {id(t) for t in pending}
@@ -273,9 +273,7 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise RayMissingError(
-            "--executor ray needs Ray: pip install 'samkit[ray]' (or pip install ray)"
-        ) from None
+        raise RayMissingError("--executor ray needs Ray: pip install 'samkit[ray]' (or pip install ray)") from None
     return ray
 
 

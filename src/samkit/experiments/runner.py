@@ -384,7 +384,9 @@ def run_experiment(
     """
     overrides = list(overrides)
     cfg = dict(config) if config is not None else exp.config(preset, overrides)
-    results, failures = run_experiments([(exp, preset, overrides, cfg)], out, executor, progress=progress, on_unit=on_unit)
+    results, failures = run_experiments(
+        [(exp, preset, overrides, cfg)], out, executor, progress=progress, on_unit=on_unit
+    )
     if failures:
         f = failures[0]
         if f.kind == "missing":
