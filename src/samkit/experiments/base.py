@@ -313,3 +313,18 @@ class Experiment:
     def figures(self, config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
         """Draw the figures into ``fig_dir`` from the tables read back from disk."""
         raise NotImplementedError
+
+    def missing(self, config: Mapping[str, Any]) -> str | None:
+        """What this experiment needs and cannot find (e.g. a dataset), or ``None`` when it can run.
+
+        Checked for every experiment before the first unit of a run starts, so a missing prerequisite is reported
+        at once instead of stopping a long run half way.
+        """
+        return None
+
+    def resources(self, params: Mapping[str, Any]) -> dict[str, float]:
+        """The resources one unit needs, as Ray resource requests (``num_cpus``, ``num_gpus``; fractions allowed).
+
+        The default is one CPU; a unit that trains with torch may ask for a GPU share when CUDA is there.
+        """
+        return {"num_cpus": 1}

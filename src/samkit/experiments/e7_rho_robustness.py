@@ -247,7 +247,6 @@ class RhoRobustness(Experiment):
                 "top_eigenvalue": _num(r["top_eigenvalue"]),
                 "final_grad_norm": _num(r["curve_grad_norm"][-1]) if r["curve_grad_norm"] else nan,
                 "final_eps_norm": _num(r["curve_eps_norm"][-1]) if r["curve_eps_norm"] else nan,
-                "seconds": r["seconds"],
             }
             runs.append(row)
             for i, ep in enumerate(r["epochs"]):
