@@ -3,16 +3,21 @@
 Commands::
 
     samkit list                                         the experiments and their presets
-    samkit run EXP [--preset P] [--out DIR] [--set key=value ...]
-    samkit reproduce [--preset P] [--out DIR]           every experiment, then the report
+    samkit run EXP [--preset P] [--out DIR] [--set key=value ...] [--jobs N | --executor ray]
+    samkit reproduce [--preset P] [--out DIR] [--jobs N | --executor ray]   every experiment, then the report
     samkit report DIR                                   redraw figures and rewrite the report from saved data
     samkit train [--dataset D --model M --optimizer O --rho R ...]   train one model (see samkit.train)
+    samkit sweep --optimizer sam,usam --rho 0.01,0.1 --seed 0,1 [any train flag] --out DIR [--jobs N]
 
-Results are cached per work unit (a hash of its parameters), so a rerun skips finished work and an
-interrupted run resumes. Bad input (unknown experiment, unknown key, a value of the wrong type, an
-unwritable output directory, a bad training flag, a checkpoint or data file that cannot be trusted) prints one
-line to stderr and exits with code 2. ``run`` and ``reproduce`` exit with code 1 when a claim FAILs, 0 when every
-claim PASSes; ``train`` exits with 0 when the run completed or diverged (divergence is a result).
+Results are cached per work unit (a hash of its parameters and code), so a rerun skips finished work and an
+interrupted run resumes. Units run on ``--jobs`` local processes (default: every core) or on a Ray cluster
+(``--executor ray``); the numbers do not depend on where they run.
+
+Exit codes (every command): 0 success (every claim PASSes); 1 a claim did not pass (FAIL or NOT EXERCISED);
+2 bad usage or configuration (unknown experiment or key, a value out of range, an unwritable folder, a bad
+training flag, a checkpoint or data file that cannot be trusted) — one line on stderr; 3 a runtime failure (a unit
+raised, an experiment could not run, damaged result files); 130 interrupted (rerun to resume). ``train`` exits
+with 0 when the run completed or diverged (divergence is a result).
 
 >>> args = build_parser().parse_args(["train", "--optimizer", "usam", "--rho", "0.1", "--schedule", "decay"])
 >>> cfg = train_config(args)
@@ -27,15 +32,26 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from samkit.data import DATASETS
 from samkit.experiments import get, names
 from samkit.experiments.base import PRESETS, ConfigError
-from samkit.experiments.runner import ensure_writable, finalize, read_json, run_experiment
+from samkit.experiments.executors import Executor, RayMissingError, make_executor
+from samkit.experiments.runner import (
+    DamagedDataError,
+    Failure,
+    UnitError,
+    ensure_writable,
+    finalize,
+    read_config,
+    run_experiments,
+)
 from samkit.models import MODELS
 from samkit.report import summary, write_report
+from samkit.sweep import SweepRun, expand_grid, run_name, run_sweep
 from samkit.train import TrainConfig, TrainError, train
 from samkit.train.config import DEVICES, OPTIMIZERS, PERTURBATIONS, SCHEDULES
 
@@ -61,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--preset", default="quick", help="tiny | quick | full (default: quick)")
         sp.add_argument("--out", default="results", help="output directory (default: results)")
         sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+        _add_executor_arguments(sp)
 
     run = sub.add_parser("run", help="run one experiment and update the report in --out")
     run.add_argument("experiment", metavar="EXP", help="experiment name, e.g. E1 (see `samkit list`)")
@@ -84,16 +101,117 @@ def build_parser() -> argparse.ArgumentParser:
             description="Train an image classifier with SGD, SAM, USAM or unified SAM.",
         )
     )
+    sw = sub.add_parser(
+        "sweep",
+        help="a grid of training runs (comma lists of any train flag), then sweep.csv and sweep.png",
+        description="Run every combination of the comma-separated values of the train flags given (e.g. "
+        "--optimizer sam,usam --rho 0.01,0.1,1 --seed 0,1,2), each run in OUT/runs/NAME (resumable), then write "
+        "OUT/sweep.csv (one row per run) and OUT/sweep.png (test accuracy against rho and against the realised "
+        "mean perturbation norm).",
+    )
+    sw.add_argument("--out", required=True, help="the sweep's folder")
+    _add_executor_arguments(sw)
+    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_train_arguments(sw, grid=True)
     return p
+
+
+def _jobs(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}")
+    return n
+
+
+def _add_executor_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=None,
+        metavar="N",
+        help="local worker processes for the work units (default: auto = every core this process may use)",
+    )
+    sp.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine's processes; ray: one Ray task per unit (pip install 'samkit[ray]') "
+        "(default: %(default)s)",
+    )
+    sp.add_argument(
+        "--address",
+        default=None,
+        help="--executor ray: the cluster to join ('auto' for the one this node belongs to, or HOST:PORT); "
+        "default: start a local Ray instance",
+    )
+    sp.add_argument(
+        "--gpus-per-unit",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="--executor ray: GPUs each training unit asks for (fractions share a GPU, e.g. 0.25); default 0",
+    )
+
+
+def _executor(args: argparse.Namespace) -> Executor:
+    if args.executor != "ray" and (args.address or args.gpus_per_unit):
+        raise ConfigError("--address and --gpus-per-unit need --executor ray")
+    if not (0.0 <= args.gpus_per_unit) or args.gpus_per_unit != args.gpus_per_unit:
+        raise ConfigError(f"--gpus-per-unit must be a number >= 0, got {args.gpus_per_unit}")
+    try:
+        return make_executor(args.executor, args.jobs, args.address)
+    except RayMissingError as err:
+        raise ConfigError(str(err)) from None
+    except ConnectionError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _opt_int(text: str) -> int | None:
     return None if text.lower() in ("", "none", "all") else int(text)
 
 
-def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+#: ``samkit train`` flags that ``samkit sweep`` does not take (the sweep owns the run folders and their output).
+_NOT_SWEPT = ("--out", "--resume", "--no-progress", "--quiet")
+
+
+def _grid_type(convert: Any, choices: Sequence[Any] | None) -> Any:
+    """An argparse type that reads ``a,b,c`` into a list, converting and checking each element."""
+
+    def parse(text: str) -> list[Any]:
+        out = []
+        for part in text.split(","):
+            try:
+                v = convert(part.strip())
+            except ValueError:
+                kind = getattr(convert, "__name__", "value")
+                raise argparse.ArgumentTypeError(f"invalid {kind} value {part.strip()!r} in {text!r}") from None
+            if choices is not None and v not in choices:
+                raise argparse.ArgumentTypeError(f"invalid choice {v!r} (choose from {', '.join(map(str, choices))})")
+            out.append(v)
+        return out
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
+    """The ``samkit train`` flags; with ``grid=True`` (``samkit sweep``) every valued flag takes a comma list."""
     d = TrainConfig()
-    a = p.add_argument
+
+    def a(*flags: str, **kw: Any) -> None:
+        if grid:
+            if flags[0] in _NOT_SWEPT:
+                return
+            if kw.get("action") is None:
+                kw["type"] = _grid_type(kw.get("type", str), kw.pop("choices", None))
+                kw["help"] = (kw.get("help") or "") + " (comma list: one run per value)"
+        p.add_argument(*flags, **kw)
+
     a("--dataset", choices=DATASETS, default=d.dataset, help="default: %(default)s")
     a("--model", choices=MODELS, default=d.model, help="default: %(default)s")
     a("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd | sam (normalized) | usam | unified (λ)")
@@ -120,7 +238,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
       "official one (CIFAR-10 batches are still read by the restricted reader)")  # fmt: skip
     a("--subset", type=_opt_int, default=None, metavar="N", help="train on the first N training examples")
     a("--test-subset", type=_opt_int, default=None, metavar="N", help="test on the first N test examples")
-    aug = p.add_mutually_exclusive_group()
+    aug = p.add_mutually_exclusive_group()  # a switch: not swept
     aug.add_argument("--augment", dest="augment", action="store_true", default=None, help="crop+flip (CIFAR default)")
     aug.add_argument("--no-augment", dest="augment", action="store_false")
     a("--sharpness-every", type=int, default=0, metavar="K", help="top Hessian eigenvalue every K epochs (0: never)")
@@ -162,29 +280,54 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_claims(result: dict) -> None:
+def _print_claims(result: Mapping[str, Any]) -> None:
     for c in result["claims"]:
-        print(f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['id']}: {c['statement']} — measured {c['measured']}")
+        print(
+            f"  [{c.get('verdict', 'PASS' if c['passed'] else 'FAIL')}] {c['id']}: {c['statement']} — measured {c['measured']}"
+        )
 
 
-def _run(experiments: Sequence[str], preset: str, out: Path, overrides: Sequence[str], progress: bool) -> int:
+def _exit_code(results: Sequence[Mapping[str, Any]], failures: Sequence[Failure]) -> int:
+    if failures:
+        return 3
+    passed, total = summary(results)
+    return 0 if passed == total else 1
+
+
+def _run(
+    experiments: Sequence[str],
+    preset: str,
+    out: Path,
+    overrides: Sequence[str],
+    progress: bool,
+    args: argparse.Namespace,
+) -> int:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     exps = [get(n) for n in experiments]
     configs = [e.config(preset, overrides) for e in exps]  # validate every override before any work
     ensure_writable(out)
     t0 = time.perf_counter()
-    results = []
-    for exp, cfg in zip(exps, configs):
-        res = run_experiment(exp, preset, out, overrides, progress=progress, config=cfg)
+
+    def show(res: Mapping[str, Any]) -> None:
         run = res["run"]
-        print(f"{exp.name} ({exp.title}): {run['seconds']:.1f} s, {run['units']} units, {run['units_cached']} cached")
+        print(f"{res['experiment']} ({res['title']}): {run['seconds']:.1f} s, {run['units']} units, "
+              f"{run['units_cached']} cached", flush=True)  # fmt: skip
         _print_claims(res)
-        results.append(res)
+
+    plan = [(e, preset, list(overrides), c) for e, c in zip(exps, configs)]
+    with _executor(args) as executor:
+        results, failures = run_experiments(
+            plan, out, executor, progress=progress, on_result=show, gpus_per_unit=args.gpus_per_unit
+        )
+    for f in failures:
+        sys.stderr.write(f"samkit: error: {f.reason}\n")
     paths = write_report(out)
     passed, total = summary(results)
-    print(f"{passed}/{total} claims PASS in {time.perf_counter() - t0:.1f} s; report: {paths[0]} and {paths[1]}")
-    return 0 if passed == total else 1
+    not_run = f"; {len(failures)} experiment(s) did not finish" if failures else ""
+    print(f"{passed}/{total} claims PASS in {time.perf_counter() - t0:.1f} s{not_run}; "
+          f"report: {paths[0]} and {paths[1]}")  # fmt: skip
+    return _exit_code(results, failures)
 
 
 def _report(directory: Path) -> int:
@@ -194,19 +337,37 @@ def _report(directory: Path) -> int:
     dirs = sorted(p.parent for p in directory.glob("*/config.json"))
     if not dirs:
         raise ConfigError(f"{str(directory)!r} holds no experiment results (run `samkit reproduce --out DIR` first)")
-    results = []
+    results, failures = [], []
     for d in dirs:
+        meta = read_config(d)
         try:
-            name = read_json(d / "config.json")["experiment"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ConfigError(f"{d / 'config.json'} is not a samkit experiment config ({type(err).__name__})") from None
-        if not isinstance(name, str):
-            raise ConfigError(f"{d / 'config.json'} is not a samkit experiment config (experiment {name!r})")
-        results.append(finalize(get(name), d))
+            results.append(finalize(get(meta["experiment"]), d))
+        except DamagedDataError as err:
+            failures.append(Failure(meta["experiment"], str(err), "damaged"))
+            sys.stderr.write(f"samkit: error: {err}\n")
     paths = write_report(directory)
     passed, total = summary(results)
     print(f"{passed}/{total} claims PASS; report: {paths[0]} and {paths[1]}")
-    return 0 if passed == total else 1
+    return _exit_code(results, failures)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: (v if isinstance(v, list) else [v]) for k, v in vars(args).items() if k in fields and k != "out"}
+    grid = {k: v for k, v in values.items() if len(v) > 1}
+    fixed = {k: v[0] for k, v in values.items() if len(v) == 1}
+    if not grid:
+        raise ConfigError("samkit sweep needs at least one flag with several values, e.g. --rho 0.01,0.1,1")
+    runs = []
+    for point in expand_grid(grid):
+        cfg = TrainConfig(**fixed, **point, progress=False, quiet=True)
+        runs.append(SweepRun(run_name(point), point, cfg))
+    out = ensure_writable(Path(args.out))
+    with _executor(args) as executor:
+        rows = run_sweep(runs, out, executor, progress=not args.no_progress, gpus_per_run=args.gpus_per_unit)
+    bad = [r for r in rows if r["status"] == "failed"]
+    print(f"{len(rows)} runs ({len(bad)} failed); wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    return 3 if bad else 0
 
 
 def _prog(args: argparse.Namespace) -> str:
@@ -223,9 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{e.name:4s} {e.title} — {e.summary} (presets: {', '.join(e.presets)})")
             return 0
         if args.command == "run":
-            return _run([args.experiment], args.preset, Path(args.out), args.overrides, not args.no_progress)
+            return _run([args.experiment], args.preset, Path(args.out), args.overrides, not args.no_progress, args)
         if args.command == "reproduce":
-            return _run(names(), args.preset, Path(args.out), [], not args.no_progress)
+            return _run(names(), args.preset, Path(args.out), [], not args.no_progress, args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "report":
             return _report(Path(args.dir))
         if args.command == "train":
@@ -233,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, TrainError) as err:
         sys.stderr.write(f"{_prog(args)}: error: {err}\n")
         return 2
+    except (UnitError, DamagedDataError) as err:
+        sys.stderr.write(f"{_prog(args)}: error: {err}\n")
+        return 3
     except KeyboardInterrupt:
         how = "with --resume to continue" if args.command == "train" else "to resume from the finished units"
         sys.stderr.write(f"{_prog(args)}: interrupted; rerun the same command {how}\n")

@@ -99,11 +99,13 @@ def run_sweep(
     executor: Executor | None = None,
     *,
     progress: bool = True,
+    gpus_per_run: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Run every :class:`SweepRun` (each into ``OUT/runs/NAME``), then write ``sweep.csv`` and ``sweep.png``.
 
     Returns the rows of ``sweep.csv``. A run that raised gets status ``failed`` (its error is printed); the others
-    still finish. Every config is validated before the first run starts.
+    still finish. Every config is validated before the first run starts. ``gpus_per_run`` is each run's GPU request
+    on executors that schedule GPUs (Ray); a run picks the device it is given (``device="auto"``).
     """
     out = Path(out)
     names = [r.name for r in runs]
@@ -119,7 +121,8 @@ def run_sweep(
             threads=r.config.threads or unit_threads(),
         )
         cfg.validate()
-        tasks.append(Task("sweep", r.name, dataclasses.asdict(cfg), _train_unit, {"num_cpus": 1}))
+        needs = {"num_cpus": 1, **({"num_gpus": gpus_per_run} if gpus_per_run else {})}
+        tasks.append(Task("sweep", r.name, dataclasses.asdict(cfg), _train_unit, needs))
     executor = executor or InlineExecutor()
     by_name = {r.name: r for r in runs}
     results: dict[str, dict[str, Any]] = {}

@@ -287,6 +287,9 @@ class Experiment:
     summary: ClassVar[str] = ""
     version: ClassVar[int] = 1
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: True when units train with torch on ``device="auto"`` (CUDA when visible): such units get a GPU share on
+    #: executors that schedule GPUs (``--executor ray --gpus-per-unit F``).
+    device_units: ClassVar[bool] = False
 
     def config(self, preset: str = "quick", overrides: Iterable[str] = ()) -> dict[str, Any]:
         """The config of ``preset`` with ``key=value`` overrides applied."""

@@ -138,6 +138,7 @@ class RhoRobustness(Experiment):
         "SAM and USAM at a fixed learning rate over a ρ grid spanning three decades (several seeds) and over the "
         "learning rate at a fixed ρ: test accuracy, divergence and final top Hessian eigenvalue."
     )
+    device_units = True
     presets = {
         "tiny": _preset(
             dataset="synthetic",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import importlib.util
 import multiprocessing
 import os
 import signal
@@ -49,6 +50,7 @@ __all__ = [
     "PoolExecutor",
     "RayExecutor",
     "make_executor",
+    "portable",
     "default_jobs",
     "unit_threads",
     "RayMissingError",
@@ -170,6 +172,22 @@ class InlineExecutor(Executor):
             yield Outcome(task, result, seconds, None if error is None else _error_text(task, error))
 
 
+def portable(fn: Callable[..., Any]) -> bool:
+    """Whether a worker process can import ``fn`` (a function, or a bound method: its class) by module name.
+
+    Functions defined in ``__main__`` (a script, a notebook) or in a module that cannot be found by name are not:
+    the pool runs those units in this process instead.
+    """
+    owner = getattr(fn, "__self__", None)
+    module = type(owner).__module__ if owner is not None else getattr(fn, "__module__", None)
+    if not module or module in ("__main__", "__mp_main__"):
+        return False
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _worker_init() -> None:
     # Ctrl-C reaches the whole process group: the driver stops the workers itself, so they ignore SIGINT
     # (no traceback from every worker).
@@ -197,6 +215,10 @@ class PoolExecutor(Executor):
         return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init)
 
     def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
+        local = [t for t in tasks if not portable(t.fn)]
+        if local:  # defined in a script or notebook: a worker process could not import it
+            yield from InlineExecutor().run(local)
+            tasks = [t for t in tasks if portable(t.fn)]
         pending = list(tasks)
         attempts = {id(t): 0 for t in pending}
         if not pending:

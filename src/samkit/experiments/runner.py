@@ -380,6 +380,7 @@ def run_experiments(
     progress: bool = True,
     on_unit: Callable[[str, bool], None] | None = None,
     on_result: Callable[[ExperimentResult], None] | None = None,
+    gpus_per_unit: float = 0.0,
 ) -> tuple[list[ExperimentResult], list[Failure]]:
     """Run several experiments through one executor, so the units of all of them share the workers.
 
@@ -389,7 +390,8 @@ def run_experiments(
     row counts and checksums of the tables it produced) and its ``result.json``. An experiment whose prerequisites
     are missing (:meth:`Experiment.missing`) or one of whose units raised is reported as a :class:`Failure`
     (and ``failure.json`` in its folder); the other experiments still finish. Ctrl-C stops the workers; finished
-    units are kept, so a rerun resumes.
+    units are kept, so a rerun resumes. ``gpus_per_unit`` is added to the resource requests of the units of
+    experiments that train on a torch device (:attr:`Experiment.device_units`), for executors that schedule GPUs.
     """
     out = ensure_writable(Path(out))
     executor = executor or InlineExecutor()
@@ -425,7 +427,10 @@ def run_experiments(
                     if on_unit is not None:
                         on_unit(u.key, True)
                     continue
-                t = Task(p.exp.name, u.key, u.params, p.exp.run_unit, p.exp.resources(u.params))
+                needs = dict(p.exp.resources(u.params))
+                if gpus_per_unit and p.exp.device_units:
+                    needs["num_gpus"] = gpus_per_unit
+                t = Task(p.exp.name, u.key, u.params, p.exp.run_unit, needs)
                 by_task[id(t)] = (p, u, path, h)
                 tasks.append(t)
                 p.remaining += 1
