@@ -151,7 +151,7 @@ def test_perturbation_scale_broadcasts_over_a_batch():
     [
         (lambda: check_rho(-0.1), "rho must be a finite number >= 0"),
         (lambda: check_rho(float("nan")), "rho"),
-        (lambda: check_rho("0.1"), "rho must be a number"),
+        (lambda: check_rho("0.1"), "rho must be a finite number >= 0, got '0.1'"),
         (lambda: resolve_lam("l1", None), "unknown normalization 'l1'"),
         (lambda: resolve_lam("unified", None), "needs lam"),
         (lambda: resolve_lam("unified", 1.5), r"lam must be a number in \[0, 1\]"),

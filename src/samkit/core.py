@@ -1,8 +1,8 @@
 """The SAM / USAM perturbation rule, written once.
 
 Every part of samkit that perturbs weights (the :class:`samkit.SAM` optimizer, the dynamics lab, the
-training integrations) goes through the functions of this module, so the theory checks exercise the same
-code that users train with.
+training integrations) goes through :func:`coefficients`, so the theory checks exercise the same code
+that users train with.
 
 The rule. With ``g`` the gradient (or, for ASAM, ``T g`` with ``T = |w| + adaptive_eta``), the
 perturbation is ``ε = c · g`` (``ε = c · T² g`` for ASAM) where the scalar coefficient is
@@ -19,7 +19,15 @@ normalization      coefficient ``c``                      method
 scale-safely: no overflow or underflow for gradients whose squares leave the floating-point range.
 ``eps`` is added to the norm (``ρ / (‖g‖ + eps)``); a zero gradient always gives a zero perturbation
 (never NaN), whatever ``eps`` is, so ``eps = 0`` gives exact normalization with a zero-gradient guard
-(what the dynamics lab uses: an ``eps`` added to ``‖g‖`` stalls SAM's drift near minima).
+(what the dynamics lab uses: an ``eps`` added to ``‖g‖`` stalls SAM's drift near minima). Where ``c``
+itself would overflow (``‖g‖`` subnormal), the normalized part is taken on ``ĝ = g / max|g|`` instead:
+``ε = c' · ĝ`` with ``c' = ρ ((1 − λ) s + λ / (‖ĝ‖ + eps / s))``, ``s = max|g|`` (see :func:`coefficients`).
+
+Two layouts, one rule: :func:`perturb` takes parameter groups (lists of tensors, one global norm; what
+:class:`samkit.SAM` calls), :func:`perturb_batched` takes a batch of iterates ``[B, *shape]`` (one norm per
+row; what :func:`samkit.dynamics.simulate` calls). Neither checks its arguments: callers validate once
+(``SAM.__init__``, ``simulate``). :func:`perturbation`, :func:`batched_perturbation` and
+:func:`perturbation_scale` are the checked entry points for direct use.
 
 Example:
     >>> import torch
@@ -35,9 +43,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from samkit._checks import batch_view, number
 
 __all__ = [
     "NORMALIZATIONS",
@@ -47,6 +58,10 @@ __all__ = [
     "batched_norm",
     "nonfinite",
     "unscale_",
+    "coefficients",
+    "Perturbation",
+    "perturb",
+    "perturb_batched",
     "perturbation_scale",
     "adaptive_scale",
     "perturbation",
@@ -57,17 +72,14 @@ __all__ = [
 NORMALIZATIONS = ("l2", "none", "unified")
 
 
-def check_rho(rho: float) -> float:
-    """Return ``rho`` as a float after checking it is a finite number ``>= 0``."""
-    if isinstance(rho, Tensor):
-        if rho.numel() != 1:
-            raise ValueError(f"rho must be a scalar, got a tensor of shape {tuple(rho.shape)}")
-        rho = float(rho)
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)):
-        raise ValueError(f"rho must be a number >= 0, got {rho!r}")
-    if not math.isfinite(rho) or rho < 0:
-        raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
-    return float(rho)
+# ---------------------------------------------------------------------------------------------- argument checks
+def check_rho(rho: float | Tensor) -> float:
+    """Return ``rho`` as a float after checking it is a finite number ``>= 0`` (a one-element tensor is accepted).
+
+    >>> check_rho(0.05)
+    0.05
+    """
+    return number(rho, "rho", allow_tensor=True)
 
 
 def resolve_lam(normalization: str, lam: float | None) -> float:
@@ -82,9 +94,7 @@ def resolve_lam(normalization: str, lam: float | None) -> float:
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(map(repr, NORMALIZATIONS))}")
     if lam is not None:
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0.0 <= float(lam) <= 1.0):
-            raise ValueError(f"lam must be a number in [0, 1], got {lam!r}")
-        lam = float(lam)
+        lam = number(lam, "lam", maximum=1.0)
     if normalization == "unified":
         if lam is None:
             raise ValueError("normalization='unified' needs lam in [0, 1] (0 is USAM, 1 is SAM)")
@@ -98,11 +108,25 @@ def resolve_lam(normalization: str, lam: float | None) -> float:
     return fixed
 
 
-def _combine_norms(norms: Tensor) -> Tensor:
-    """Scale-safe L2 norm of a vector of non-negative norms (last axis)."""
-    m = norms.amax(dim=-1, keepdim=True)
-    safe = torch.where(m > 0, m, torch.ones_like(m))
-    return (safe * torch.linalg.vector_norm(norms / safe, dim=-1, keepdim=True)).squeeze(-1)
+# ---------------------------------------------------------------------------------------------- norms
+def _max_scaled(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """``(s, x / s)`` with ``s = max|x|`` along ``dim`` (kept; 1 where ``x`` is all zero): ``x / s`` has max-abs 1
+    (or is 0), so its plain norm neither overflows nor underflows."""
+    m = x.abs().amax(dim=dim, keepdim=True)
+    s = torch.where(m > 0, m, torch.ones_like(m))
+    return s, x / s
+
+
+def _scaled_norm(x: Tensor, dim: int = -1) -> Tensor:
+    """The max-scaled L2 norm ``s · ‖x / s‖`` along ``dim``: exact over the whole floating-point range."""
+    s, xs = _max_scaled(x, dim)
+    return (s * torch.linalg.vector_norm(xs, dim=dim, keepdim=True)).squeeze(dim)
+
+
+def _exact_floor(dtype: torch.dtype) -> float:
+    """A plain L2 norm above this (and finite) lost nothing to underflowing squares; at or below it, rescale."""
+    finfo = torch.finfo(dtype)
+    return math.sqrt(finfo.tiny) / finfo.eps
 
 
 def _norm_dtype(t: Tensor) -> torch.dtype:
@@ -110,15 +134,73 @@ def _norm_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _grouped(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Indices of ``tensors`` grouped by (device, dtype), the unit of one fused multi-tensor kernel."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return groups
+
+
+def _per_tensor_norms(tensors: Sequence[Tensor], ord: float, dtype: torch.dtype, foreach: bool) -> Tensor:
+    """The ``ord``-norm of each tensor, as one vector of ``dtype`` on the first tensor's device."""
+    device = tensors[0].device
+    if not foreach:
+        norms = [torch.linalg.vector_norm(t, ord, dtype=_norm_dtype(t)) for t in tensors]
+    else:
+        groups = _grouped(tensors)
+        if len(groups) == 1:
+            (((_, kind), _),) = groups.items()
+            src = tensors if kind in (torch.float32, torch.float64) else [t.float() for t in tensors]
+            norms = list(torch._foreach_norm(list(src), ord))
+        else:
+            norms = [torch.zeros(())] * len(tensors)
+            for (_, kind), idx in groups.items():
+                src = [tensors[i] if kind in (torch.float32, torch.float64) else tensors[i].float() for i in idx]
+                for i, n in zip(idx, torch._foreach_norm(src, ord)):
+                    norms[i] = n.to(device)
+    return torch.stack(norms).to(dtype)  # stack promotes to float64 when any norm is float64
+
+
+def _norm_dtype_of(tensors: Sequence[Tensor]) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+class _Norm(NamedTuple):
+    total: Tensor  # the global norm, 0-dim
+    norms: Tensor  # the per-tensor norms it was combined from (of the tensors / max-abs when ``rescaled``)
+    rescaled: bool  # the plain total was out of range: the slow, exact path was taken
+    finite: bool  # the total is finite (no inf or NaN in the input, no overflow)
+
+
+def _global_norm(tensors: Sequence[Tensor], foreach: bool) -> _Norm:
+    """The global norm of a non-empty list and how it was computed (see :func:`global_norm`)."""
+    dtype = _norm_dtype_of(tensors)
+    norms = _per_tensor_norms(tensors, 2.0, dtype, foreach)
+    total = _scaled_norm(norms)
+    value = float(total)
+    if math.isfinite(value) and value > _exact_floor(dtype):
+        return _Norm(total, norms, False, True)
+    # Slow, exact path: rescale by the global max-abs first.
+    amax = _per_tensor_norms(tensors, math.inf, dtype, foreach).amax()
+    if not math.isfinite(float(amax)):
+        return _Norm(amax, norms, False, False)
+    if float(amax) == 0.0:
+        return _Norm(total, norms, False, True)
+    norms = _per_tensor_norms([t.to(dtype) / amax.to(t.device) for t in tensors], 2.0, dtype, foreach)
+    total = amax * _scaled_norm(norms)
+    return _Norm(total, norms, True, math.isfinite(float(total)))
+
+
 def global_norm(tensors: Sequence[Tensor], *, foreach: bool = True) -> Tensor:
     """Global L2 norm of a list of tensors, computed scale-safely, as a 0-dim tensor.
 
-    The fast path takes per-tensor norms (``torch._foreach_norm``) and combines them scale-safely.
-    When that result overflows or may have underflowed (elements beyond ``sqrt(finfo.max)`` or below
-    ``sqrt(finfo.tiny)``), every tensor is divided by the global max-abs first and the norm is taken
-    again, so the answer is right over the whole floating-point range. A non-finite input gives a
-    non-finite norm (inf or NaN), which callers use to detect bad gradients. The result has dtype
-    float32 (float64 when any input is float64) and lives on the first tensor's device.
+    The fast path takes per-tensor norms (``torch._foreach_norm``, one call per device and dtype) and combines
+    them scale-safely. When that result overflows or may have underflowed (elements beyond ``sqrt(finfo.max)`` or
+    below ``sqrt(finfo.tiny)``), every tensor is divided by the global max-abs first and the norm is taken again, so
+    the answer is right over the whole floating-point range. A non-finite input gives a non-finite norm (inf or
+    NaN), which callers use to detect bad gradients. The result has dtype float32 (float64 when any input is
+    float64) and lives on the first tensor's device.
 
     >>> global_norm([torch.tensor([3e30]), torch.tensor([4e30])])
     tensor(5.0000e+30)
@@ -126,56 +208,40 @@ def global_norm(tensors: Sequence[Tensor], *, foreach: bool = True) -> Tensor:
     tensors = list(tensors)
     if not tensors:
         return torch.zeros(())
-    dtypes = {t.dtype for t in tensors}
-    dtype = torch.float64 if torch.float64 in dtypes else torch.float32
-    exotic = not dtypes <= {torch.float32, torch.float64}
-    device = tensors[0].device
-
-    def per_tensor(ts: Sequence[Tensor], ord: float) -> Tensor:
-        if foreach:
-            src = [t if t.dtype in (torch.float32, torch.float64) else t.float() for t in ts] if exotic else ts
-            norms = torch._foreach_norm(src, ord)
-        else:
-            norms = [torch.linalg.vector_norm(t, ord, dtype=_norm_dtype(t)) for t in ts]
-        try:
-            stacked = torch.stack(norms)  # promotes to float64 when any input is float64
-        except RuntimeError:  # tensors on several devices
-            stacked = torch.stack([n.to(device) for n in norms])
-        return stacked.to(dtype)
-
-    total = _combine_norms(per_tensor(tensors, 2.0))
-    finfo = torch.finfo(dtype)
-    value = float(total)
-    if math.isfinite(value) and value > math.sqrt(finfo.tiny) / finfo.eps:
-        return total
-    # Slow, exact path: rescale by the global max-abs first.
-    amax = per_tensor(tensors, math.inf).amax()
-    if not torch.isfinite(amax) or float(amax) == 0.0:
-        return amax if not torch.isfinite(amax) else total
-    scaled = [t.to(dtype) / amax.to(t.device) for t in tensors]
-    return amax * _combine_norms(per_tensor(scaled, 2.0))
+    return _global_norm(tensors, foreach).total
 
 
-def _check_and_scale_(tensors: Sequence[Tensor], inv_scale: float, device: torch.device) -> Tensor:
-    flag = torch.zeros(1, device=device, dtype=torch.float32)  # the kernel wants float32 (any default dtype)
-    inv = torch.full((1,), inv_scale, device=device, dtype=torch.float32)
-    torch._amp_foreach_non_finite_check_and_unscale_(list(tensors), flag, inv)
-    return flag
+def batched_norm(x: Tensor, start_dim: int = 1) -> Tensor:
+    """Scale-safe L2 norm of ``x`` over the dimensions from ``start_dim`` on (batched vectors).
+
+    Used by the dynamics lab, where iterates are stacked along a leading batch axis. The policy of
+    :func:`global_norm`, row by row: the plain norm, and the max-scaled one for the rows where the plain norm is out
+    of range; so a row's norm is ``global_norm([row])`` bit for bit, exact over the whole floating-point range.
+
+    >>> batched_norm(torch.tensor([[3e-200, 4e-200], [0.0, 0.0]], dtype=torch.float64)).tolist()
+    [5e-200, 0.0]
+    """
+    flat = x.flatten(start_dim) if x.dim() > start_dim else x.unsqueeze(-1)
+    plain = torch.linalg.vector_norm(flat, dim=-1)
+    redo = ~(torch.isfinite(plain) & (plain > _exact_floor(plain.dtype)))
+    if bool(redo.any()):
+        plain = torch.where(redo, _scaled_norm(flat), plain)
+    return plain
 
 
+# ---------------------------------------------------------------------------------------------- non-finite checks
 def unscale_(tensors: Sequence[Tensor], inv_scale: float, *, foreach: bool = True) -> bool:
     """Multiply every tensor by ``inv_scale`` in place; return True when any holds an inf or NaN.
 
-    One fused pass per device on the foreach path (``torch._amp_foreach_non_finite_check_and_unscale_``,
-    the kernel behind ``GradScaler.unscale_``). With ``inv_scale=1.0`` the values are unchanged.
+    One fused pass per device and dtype on the foreach path (``torch._amp_foreach_non_finite_check_and_unscale_``,
+    the kernel behind ``GradScaler.unscale_``) and one flag read per device. With ``inv_scale=1.0`` the values are
+    unchanged.
 
     >>> g = [torch.tensor([2.0, 4.0])]
     >>> unscale_(g, 0.5), g[0].tolist()
     (False, [1.0, 2.0])
     """
     tensors = list(tensors)
-    if not tensors:
-        return False
     if not foreach:
         found = False
         for t in tensors:
@@ -183,27 +249,17 @@ def unscale_(tensors: Sequence[Tensor], inv_scale: float, *, foreach: bool = Tru
             if inv_scale != 1.0:
                 t.mul_(inv_scale)
         return found
-    flags = None
-    if inv_scale == 1.0:
-        # A pure check: try one fused call (all tensors on one device, the usual case). Should the kernel stop
-        # part way on a device mismatch, the tensors it did touch were multiplied by exactly 1.
-        try:
-            flags = [_check_and_scale_(tensors, 1.0, tensors[0].device)]
-        except RuntimeError:
-            flags = None
-    if flags is None:
-        by_device: dict[torch.device, list[Tensor]] = {}
-        for t in tensors:
-            by_device.setdefault(t.device, []).append(t)
-        flags = [_check_and_scale_(ts, inv_scale, d) for d, ts in by_device.items()]
-    found = False
-    for flag in flags:
-        found = found or bool(flag.item())
-    return found
+    flags: dict[torch.device, Tensor] = {}
+    for (device, _), idx in _grouped(tensors).items():
+        if device not in flags:  # the kernel wants float32 flags (whatever the default dtype)
+            flags[device] = torch.zeros(1, device=device, dtype=torch.float32)
+        inv = torch.full((1,), inv_scale, device=device, dtype=torch.float32)
+        torch._amp_foreach_non_finite_check_and_unscale_([tensors[i] for i in idx], flags[device], inv)
+    return any(bool(flag.item()) for flag in flags.values())
 
 
 def nonfinite(tensors: Sequence[Tensor], *, foreach: bool = True) -> bool:
-    """True when any tensor holds an inf or NaN (one fused check per device on the foreach path).
+    """True when any tensor holds an inf or NaN (one fused check per device and dtype on the foreach path).
 
     >>> nonfinite([torch.ones(2), torch.tensor([1.0, float("nan")])]), nonfinite([torch.ones(2)])
     (True, False)
@@ -211,19 +267,127 @@ def nonfinite(tensors: Sequence[Tensor], *, foreach: bool = True) -> bool:
     return unscale_(tensors, 1.0, foreach=foreach)
 
 
-def batched_norm(x: Tensor, start_dim: int = 1) -> Tensor:
-    """Scale-safe L2 norm of ``x`` over the dimensions from ``start_dim`` on (batched vectors).
+# ---------------------------------------------------------------------------------------------- the rule
+def coefficients(norm: Tensor, rho: Tensor | float, lam: float, eps: float, scale: Tensor | float = 1.0) -> Tensor:
+    """The rule: the coefficient ``c`` of ``ε = c · g / scale``, where ``norm = ‖g / scale‖``; broadcasts.
 
-    Used by the dynamics lab, where iterates are stacked along a leading batch axis. Always exact over
-    the whole floating-point range (the rescaling by max-abs is always done; it is cheap there).
+    ``c = ρ ((1 − λ) · scale + λ / (norm + eps / scale))``. With ``scale = 1`` (the usual case) that is
+    ``c = ρ ((1 − λ) + λ / (‖g‖ + eps))``; ``scale = max|g|`` gives the same ε where ``ρ / ‖g‖`` would overflow (a
+    subnormal ``‖g‖``). Wherever ``norm = 0`` the normalized part is dropped (a zero gradient gives a zero
+    perturbation, never NaN). ``lam`` is the resolved λ (:func:`resolve_lam`); nothing is checked here (callers
+    check once). :func:`perturb` (the optimizer) and :func:`perturb_batched` (the dynamics lab) both call it.
 
-    >>> batched_norm(torch.tensor([[3e-200, 4e-200], [0.0, 0.0]], dtype=torch.float64)).tolist()
-    [5e-200, 0.0]
+    >>> coefficients(torch.tensor([2.0, 0.0]), 0.1, lam=1.0, eps=0.0)      # SAM; a zero gradient: no NaN
+    tensor([0.0500, 0.0000])
     """
-    flat = x.flatten(start_dim) if x.dim() > start_dim else x.unsqueeze(-1)
-    m = flat.abs().amax(dim=-1, keepdim=True)
-    safe = torch.where(m > 0, m, torch.ones_like(m))
-    return (safe * torch.linalg.vector_norm(flat / safe, dim=-1, keepdim=True)).squeeze(-1)
+    norm = torch.as_tensor(norm)
+    rho = torch.as_tensor(rho, dtype=norm.dtype, device=norm.device)
+    if lam == 0.0:  # USAM: c = ρ (the norm is not needed)
+        return rho * (scale * torch.ones_like(norm))
+    if eps > 0:  # (a Python number over a tensor is computed as a product with 1/scale: overflows for tiny scales)
+        norm_eps = norm + (eps / scale if isinstance(scale, float) else torch.as_tensor(eps).to(norm) / scale)
+    else:
+        norm_eps = norm
+    positive = norm > 0
+    inv = torch.where(positive, 1.0 / torch.where(positive, norm_eps, 1.0), 0.0)
+    return rho * ((1.0 - lam) * scale + lam * inv)
+
+
+def _mul(a: Sequence[Tensor], b: Sequence[Tensor], foreach: bool) -> list[Tensor]:
+    if foreach:
+        return list(torch._foreach_mul(list(a), list(b)))
+    return [x * y for x, y in zip(a, b)]
+
+
+class Perturbation(NamedTuple):
+    """What :func:`perturb` returns: in group ``k``, ``ε = coefficients[k] · directions[k]``."""
+
+    #: per group, the tensors ``d`` with ``ε = c · d``: ``g`` (``T² g`` in an ASAM group), divided by the global
+    #: max-abs of the normed vectors where ``c`` would otherwise overflow. Empty when not ``finite``.
+    directions: list[list[Tensor]]
+    #: per group, the coefficient ``c`` as a Python float (for ``add_(d, alpha=c)``). Empty when not ``finite``.
+    coefficients: list[float]
+    #: ``‖g‖``: the global norm over every group (of ``T g`` in ASAM groups), a 0-dim tensor.
+    grad_norm: Tensor
+    #: ``‖ε‖``, a 0-dim tensor (``grad_norm`` when not ``finite``).
+    norm: Tensor
+    #: False when ``‖g‖`` is not finite (a gradient holds inf or NaN): then there is no perturbation.
+    finite: bool
+
+
+def perturb(
+    grads: Sequence[Sequence[Tensor]],
+    rho: Sequence[float],
+    lam: float,
+    eps: float,
+    *,
+    scales: Sequence[Sequence[Tensor] | None] | None = None,
+    foreach: bool = True,
+) -> Perturbation:
+    """The perturbation for parameter groups: ``grads[k]`` the (non-empty) gradient list of group ``k``, ``rho[k]``
+    its ρ; what :class:`samkit.SAM` calls.
+
+    One global norm ``‖g‖`` over every group and one coefficient per group (:func:`coefficients`). ``scales[k]``,
+    when given, are group ``k``'s ASAM scales ``T`` (:func:`adaptive_scale`): the norm is then of ``T g`` and the
+    direction is ``T² g``. ``lam`` is the resolved λ; ``rho`` and ``eps`` are checked numbers: nothing is checked
+    here, and nothing is modified. Two host reads: the norm and the coefficients.
+
+    >>> p = perturb([[torch.tensor([3.0])], [torch.tensor([4.0])]], rho=[1.0, 2.0], lam=1.0, eps=0.0)
+    >>> p.coefficients, p.grad_norm.item(), round(p.norm.item(), 6)     # c_k = ρ_k / 5; ‖ε‖ = ‖(0.6, 1.6)‖
+    ([0.20000000298023224, 0.4000000059604645], 5.0, 1.708801)
+    """
+    scales = [None] * len(grads) if scales is None else list(scales)
+    vecs = [list(g) if s is None else _mul(s, g, foreach) for g, s in zip(grads, scales)]
+    flat = [v for vs in vecs for v in vs]
+    if not flat:
+        return Perturbation([[] for _ in vecs], [0.0] * len(vecs), torch.zeros(()), torch.zeros(()), True)
+    norm = _global_norm(flat, foreach)
+    if not norm.finite:
+        return Perturbation([], [], norm.total, norm.total, False)
+    rhos = torch.tensor(list(rho), dtype=norm.total.dtype, device=norm.total.device)
+    c = coefficients(norm.total, rhos, lam, eps)
+    cs = c.tolist()
+    rescaled = norm.rescaled
+    if not all(map(math.isfinite, cs)):  # ρ/‖g‖ overflows (a subnormal ‖g‖): the same ε on g / max|g|
+        m = _per_tensor_norms(flat, math.inf, norm.total.dtype, foreach).amax()
+        vecs = [[v / m.to(v.device) for v in vs] for vs in vecs]
+        c = coefficients(_global_norm([v for vs in vecs for v in vs], foreach).total, rhos, lam, eps, scale=m)
+        cs, rescaled = c.tolist(), True
+    directions = [v if s is None else _mul(s, v, foreach) for v, s in zip(vecs, scales)]
+    # ‖ε‖ = ‖(|c_k| ‖d_k‖)_k‖; where d_k are the normed vectors themselves, their norms are known already
+    d_norms, start = [], 0
+    for ds, s in zip(directions, scales):
+        if s is None and not rescaled:
+            d_norms.append(_scaled_norm(norm.norms[start : start + len(ds)]))
+        else:
+            d_norms.append(global_norm(ds, foreach=foreach).to(norm.total.device, norm.total.dtype))
+        start += len(ds)
+    eps_norm = d_norms[0] * c.abs()[0] if len(d_norms) == 1 else _scaled_norm(c.abs() * torch.stack(d_norms))
+    return Perturbation(directions, cs, norm.total, eps_norm, True)
+
+
+def perturb_batched(g: Tensor, rho: Tensor | float, lam: float, eps: float) -> Tensor:
+    """The perturbation ``ε = c·g`` for a batch of iterates ``g`` of shape ``[B, *shape]``, one norm per row; what
+    :func:`samkit.dynamics.simulate` calls. ``rho``: ``[B]`` or a scalar.
+
+    Row by row the same numbers as :func:`perturb` on that row alone (the same norm, :func:`coefficients` and, where
+    ``ρ/‖g‖`` would overflow, the same rescaling by ``max|g|``). Nothing is checked (``lam`` resolved, ``eps >= 0``).
+
+    >>> g = torch.tensor([[3e-320, 4e-320], [0.0, 0.0]], dtype=torch.float64)
+    >>> perturb_batched(g, torch.tensor([1.0, 1.0], dtype=torch.float64), lam=1.0, eps=0.0).tolist()
+    [[0.6000000000000001, 0.8], [0.0, 0.0]]
+    """
+    nd = g.dim()
+    rho = torch.as_tensor(rho, dtype=g.dtype, device=g.device).expand(g.shape[0])
+    norm = batched_norm(g) if lam > 0 else torch.ones_like(rho)  # USAM does not need the norm
+    c = coefficients(norm, rho, lam, eps)
+    bad = ~torch.isfinite(c)
+    if bool(bad.any()):  # ρ/‖g‖ overflows in some rows: there, ε = c' · g / max|g|
+        s, ghat = _max_scaled(g.flatten(1), 1)
+        s = s.squeeze(1)
+        c = torch.where(bad, coefficients(torch.linalg.vector_norm(ghat, dim=1), rho, lam, eps, scale=s), c)
+        g = torch.where(batch_view(bad, nd), ghat.view_as(g), g)
+    return batch_view(c, nd) * g
 
 
 def perturbation_scale(
@@ -236,24 +400,16 @@ def perturbation_scale(
 ) -> Tensor:
     """The coefficient ``c`` with ``ε = c · g`` (see the module docstring); broadcasts over batches.
 
-    ``c = ρ ((1 − λ) + λ / (‖g‖ + eps))`` with λ from :func:`resolve_lam`; wherever ``‖g‖ = 0`` the
-    normalized part is dropped (a zero gradient gives a zero perturbation, never NaN).
+    :func:`coefficients` after checking the arguments: ``c = ρ ((1 − λ) + λ / (‖g‖ + eps))`` with λ from
+    :func:`resolve_lam`; wherever ``‖g‖ = 0`` the normalized part is dropped (a zero gradient gives a zero
+    perturbation, never NaN).
 
     >>> perturbation_scale(torch.tensor(2.0), 0.1, eps=0.0)
     tensor(0.0500)
     >>> perturbation_scale(torch.tensor(0.0), 0.1, eps=0.0)      # zero gradient: no NaN
     tensor(0.)
     """
-    lam_v = resolve_lam(normalization, lam)
-    if eps < 0 or not math.isfinite(eps):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    norm = torch.as_tensor(norm)
-    rho = torch.as_tensor(rho, dtype=norm.dtype, device=norm.device)
-    if lam_v == 0.0:
-        return rho * torch.ones_like(norm)
-    positive = norm > 0
-    inv = torch.where(positive, 1.0 / torch.where(positive, norm + eps, torch.ones_like(norm)), torch.zeros_like(norm))
-    return rho * ((1.0 - lam_v) + lam_v * inv)
+    return coefficients(torch.as_tensor(norm), rho, resolve_lam(normalization, lam), number(eps, "eps"))
 
 
 def batched_perturbation(
@@ -266,38 +422,22 @@ def batched_perturbation(
 ) -> Tensor:
     """The perturbation ``ε = c·g`` for a batch of iterates ``g`` of shape ``[B, *shape]`` (``rho``: ``[B]`` or scalar).
 
-    The same rule as :func:`perturbation`, for the dynamics lab. With ``eps = 0`` (exact normalization) the
-    normalized part is computed on ``ĝ = g / max|g|`` (``ρ ĝ/‖ĝ‖ = ρ g/‖g‖``), so a gradient whose norm is
-    subnormal never overflows ``ρ/‖g‖``; a zero gradient gives a zero perturbation.
+    :func:`perturb_batched` after checking the arguments. With ``eps = 0`` (exact normalization) a gradient whose
+    norm is subnormal still gives ``ρ g/‖g‖`` (no overflow); a zero gradient gives a zero perturbation.
 
     >>> g = torch.tensor([[3e-320, 4e-320], [0.0, 0.0]], dtype=torch.float64)
     >>> batched_perturbation(g, torch.tensor([1.0, 1.0], dtype=torch.float64)).round(decimals=12).tolist()
     [[0.6, 0.8], [0.0, 0.0]]
     """
-    nd = g.dim()
-    rho = torch.as_tensor(rho, dtype=g.dtype, device=g.device).expand(g.shape[0])
-
-    def bview(t: Tensor) -> Tensor:
-        return t.view(-1, *([1] * (nd - 1)))
-
-    lam_v = resolve_lam(normalization, lam)
-    if lam_v == 0.0:  # USAM: c = ρ (the norm is not needed)
-        return bview(perturbation_scale(torch.ones_like(rho), rho, normalization="none")) * g
-    if eps > 0:
-        c = perturbation_scale(batched_norm(g), rho, normalization=normalization, lam=lam, eps=eps)
-        return bview(c) * g
-    # exact normalization, scale-safe: ĝ = g / max|g| has max-abs 1 (or is 0), so its plain norm is exact
-    s = g.flatten(1).abs().amax(1).clamp_min_(torch.finfo(g.dtype).tiny)
-    ghat = g / bview(s)
-    nhat = torch.linalg.vector_norm(ghat.flatten(1), dim=1)
-    e = ghat.mul_(bview(perturbation_scale(nhat, rho * lam_v, normalization="l2", eps=0.0)))
-    if lam_v < 1.0:
-        e = e.add_(bview(perturbation_scale(torch.ones_like(rho), rho * (1.0 - lam_v), normalization="none")) * g)
-    return e
+    return perturb_batched(g, rho, resolve_lam(normalization, lam), number(eps, "eps"))
 
 
 def adaptive_scale(param: Tensor, adaptive_eta: float = 0.01) -> Tensor:
-    """ASAM's elementwise scaling ``T_w = |w| + adaptive_eta`` (Kwon et al. 2021, official ASAM)."""
+    """ASAM's elementwise scaling ``T_w = |w| + adaptive_eta`` (Kwon et al. 2021, official ASAM).
+
+    >>> adaptive_scale(torch.tensor([-2.0, 0.0])).tolist()
+    [2.009999990463257, 0.009999999776482582]
+    """
     return param.detach().abs().add_(adaptive_eta)
 
 
@@ -315,26 +455,29 @@ def perturbation(
 ) -> list[Tensor]:
     """The perturbation ε for a list of gradients (a new list; nothing is modified).
 
-    Without ``adaptive``: ``ε = c · g`` with ``c = perturbation_scale(‖g‖, ρ, ...)``.
-    With ``adaptive=True`` (ASAM): ``T = |w| + adaptive_eta``, ``ε = c · T² g`` with ``c`` computed from
-    ``‖T g‖``; ``params`` must then be given. SAM's ε has norm ρ; USAM's is ρ g.
+    :func:`perturb` on one group after checking the arguments. Without ``adaptive``: ``ε = c · g`` with
+    ``c = perturbation_scale(‖g‖, ρ, ...)``. With ``adaptive=True`` (ASAM): ``T = |w| + adaptive_eta``,
+    ``ε = c · T² g`` with ``c`` computed from ``‖T g‖``; ``params`` must then be given. SAM's ε has norm ρ; USAM's
+    is ρ g. A gradient holding inf or NaN gives an all-NaN ε.
 
     >>> e = perturbation([torch.tensor([1.0, 1.0])], rho=1.0, normalization="none")
     >>> e[0].tolist()
     [1.0, 1.0]
     """
     rho = check_rho(rho)
+    lam_v = resolve_lam(normalization, lam)
+    eps = number(eps, "eps")
     grads = list(grads)
-    if not grads:
-        return []
+    scales = None
     if adaptive:
         if params is None or len(params) != len(grads):
             raise ValueError("adaptive=True needs params, one per gradient")
-        scales = [adaptive_scale(p, adaptive_eta) for p in params]
-        tg = [s * g for s, g in zip(scales, grads)]
-        c = perturbation_scale(global_norm(tg, foreach=foreach), rho, normalization=normalization, lam=lam, eps=eps)
-        return [(s * t) * c.to(t.device, t.dtype) for s, t in zip(scales, tg)]
-    c = perturbation_scale(global_norm(grads, foreach=foreach), rho, normalization=normalization, lam=lam, eps=eps)
-    if foreach:
-        return list(torch._foreach_mul(grads, [c.to(g.device, g.dtype) for g in grads]))
-    return [g * c.to(g.device, g.dtype) for g in grads]
+        eta = number(adaptive_eta, "adaptive_eta")
+        scales = [[adaptive_scale(p, eta) for p in params]]
+    if not grads:
+        return []
+    p = perturb([grads], [rho], lam_v, eps, scales=scales, foreach=foreach)
+    if not p.finite:
+        return [torch.full_like(g, math.nan) for g in grads]
+    c, d = p.coefficients[0], p.directions[0]
+    return list(torch._foreach_mul(d, c)) if foreach else [t * c for t in d]

@@ -1,60 +1,56 @@
-"""SAM / USAM / unified SAM / ASAM as a ``torch.optim.Optimizer`` wrapping any base optimizer."""
+"""SAM / USAM / unified SAM / ASAM as a ``torch.optim.Optimizer`` wrapping any base optimizer.
+
+The perturbation itself is :func:`samkit.core.perturb` (the rule, written once); this module collects the tensors,
+applies ε in place, restores the weights exactly and drives the base optimizer, with the training integrations
+(GradScaler, BatchNorm statistics, DDP, gradient accumulation, interval SAM).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from samkit.core import (
-    _combine_norms,
-    adaptive_scale,
-    check_rho,
-    global_norm,
-    nonfinite,
-    perturbation_scale,
-    resolve_lam,
-    unscale_,
-)
+from samkit._checks import batch_size, integer, number
+from samkit.core import adaptive_scale, check_rho, nonfinite, perturb, resolve_lam, unscale_
+from samkit.optim._foreach import add_, copy_
 
-__all__ = ["SAM", "USAM", "GSAM", "NonFiniteGradientError", "ProportionalRho", "asam_param_groups"]
+__all__ = ["SAM", "USAM", "NonFiniteGradientError"]
 
 _STATE_VERSION = 1
+_GROUP_KEYS = ("rho", "adaptive", "adaptive_eta")
 
 
 class NonFiniteGradientError(RuntimeError):
     """Raised when a gradient holds inf or NaN and ``on_nonfinite="raise"`` (the default)."""
 
 
-def _copy_(dst: list[Tensor], src: list[Tensor], foreach: bool) -> None:
-    if not dst:
-        return
-    if foreach:
-        torch._foreach_copy_(dst, src)
-    else:
-        for d, s in zip(dst, src):
-            d.copy_(s)
+class _Group(NamedTuple):
+    """One parameter group's share of a step: the parameters that have a gradient, and what the rule needs."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    rho: float
+    #: ASAM's ``T = |w| + adaptive_eta`` per parameter, or None (plain SAM in this group)
+    scales: list[Tensor] | None
 
 
-def _add_(dst: list[Tensor], other: list[Tensor], alpha: float, foreach: bool) -> None:
-    if not dst:
-        return
-    if foreach:
-        torch._foreach_add_(dst, other, alpha=alpha)
-    else:
-        for d, o in zip(dst, other):
-            d.add_(o, alpha=alpha)
+@dataclass
+class _Pending:
+    """A step between :meth:`SAM.first_step` and :meth:`SAM.second_step` (``SAM._pending``; None when idle)."""
 
-
-def _mul(a: list[Tensor], b: list[Tensor], foreach: bool) -> list[Tensor]:
-    if foreach:
-        return list(torch._foreach_mul(a, b))
-    return [x * y for x, y in zip(a, b)]
+    #: the tensors changed in place by the perturbation (parameters, then BatchNorm buffers) and their saved values
+    changed: list[Tensor] = field(default_factory=list)
+    saved: list[Tensor] = field(default_factory=list)
+    #: the step will be skipped: a non-finite gradient with ``on_nonfinite="skip"``, or a GradScaler overflow
+    skip: bool = False
+    #: the GradScaler already recorded the overflow of the first pass
+    scaler_recorded: bool = False
 
 
 class SAM(Optimizer):
@@ -147,25 +143,21 @@ class SAM(Optimizer):
         rho = check_rho(rho)
         if perturbation not in ("local", "global"):
             raise ValueError(f"perturbation must be 'local' or 'global', got {perturbation!r}")
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"interval must be an integer >= 1, got {interval!r}")
+        self.interval = integer(interval, "interval", minimum=1)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
         self.model = model
         self.perturbation = perturbation
-        self.interval = interval
         self._calls = 0
         self.lam = resolve_lam(normalization, lam)
         self.normalization = normalization
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        self.eps = float(eps)
-        _check_adaptive_eta(adaptive_eta)
+        self.eps = number(eps, "eps")
+        adaptive_eta = number(adaptive_eta, "adaptive_eta")
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.foreach = bool(foreach)
-        defaults = dict(rho=rho, adaptive=bool(adaptive), adaptive_eta=float(adaptive_eta))
+        defaults = dict(rho=rho, adaptive=bool(adaptive), adaptive_eta=adaptive_eta)
 
         if isinstance(base_optimizer, Optimizer):
             if base_kwargs:
@@ -200,17 +192,12 @@ class SAM(Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         for group in self.param_groups:
-            check_rho(group["rho"])
-            _check_adaptive_eta(group["adaptive_eta"])
+            _check_group(group)
 
+        #: the step in progress between first_step and second_step (None: idle)
+        self._pending: _Pending | None = None
         self._backup: dict[Tensor, Tensor] = {}
-        self._bn_backup: list[tuple[Tensor, Tensor]] = []
         self._backup_lists: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
-        self._perturbed: list[Tensor] = []
-        self._perturbed_backups: list[Tensor] = []
-        self._stage = "idle"  # "idle" | "perturbed"
-        self._skip_pending = False
-        self._scaler_recorded = False
         self.steps = 0
         self.skipped_steps = 0
         #: ‖g‖ of the last first pass (the norm actually used: of ``T g`` for ASAM groups), a 0-dim tensor.
@@ -223,19 +210,35 @@ class SAM(Optimizer):
         """Add a group to both this optimizer and the base optimizer (they share groups)."""
         if not hasattr(self, "base_optimizer"):  # called from Optimizer.__init__
             return super().add_param_group(param_group)
-        for key in ("rho", "adaptive", "adaptive_eta"):
+        for key in _GROUP_KEYS:
             param_group.setdefault(key, self.defaults[key])
-        check_rho(param_group["rho"])
+        _check_group(param_group)
         self.base_optimizer.add_param_group(param_group)
         self.param_groups = self.base_optimizer.param_groups
 
+    def _grads(self) -> list[Tensor]:
+        """Every gradient now in ``.grad``, group by group."""
+        return [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+
+    def _collect(self) -> list[_Group]:
+        """The groups that have gradients, with their ρ (checked: it may be scheduled) and ASAM scales."""
+        groups = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            rho = check_rho(group["rho"])
+            scales = [adaptive_scale(p, group["adaptive_eta"]) for p in params] if group["adaptive"] else None
+            groups.append(_Group(params, [p.grad for p in params], rho, scales))
+        return groups
+
     def _nonfinite(self, where: str) -> None:
+        """A non-finite gradient in the ``where`` pass: raise (``on_nonfinite="raise"``) or return (skip the step)."""
         if self.on_nonfinite == "raise":
             raise NonFiniteGradientError(
                 f"non-finite gradient (inf or NaN) in the {where} pass; parameters were left unperturbed "
                 "and no step was taken. Pass on_nonfinite='skip' to skip such steps instead."
             )
-        self._skip_pending = True
 
     # ------------------------------------------------------------------ the two steps
     @torch.no_grad()
@@ -248,90 +251,42 @@ class SAM(Optimizer):
         the overflow, so ``second_step(scaler=scaler)`` skips the base step and ``scaler.update()`` lowers
         the scale.
         """
-        if self._stage == "perturbed":
+        if self._pending is not None:
             raise RuntimeError("first_step() called twice: call second_step() before the next first_step()")
-        fe = self.foreach
-        self._skip_pending = False
-        self._scaler_recorded = False
         if scaler is not None and scaler.is_enabled():
-            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-            if unscale_(grads, 1.0 / scaler.get_scale(), foreach=fe):
+            if unscale_(self._grads(), 1.0 / scaler.get_scale(), foreach=self.foreach):
                 scaler.unscale_(self.base_optimizer)  # records the overflow for scaler.step / scaler.update
-                self._scaler_recorded = True
-                self._skip_pending = True
-                self._stage = "perturbed"
-                self._perturbed, self._perturbed_backups = [], []
+                self._pending = _Pending(skip=True, scaler_recorded=True)
                 self.last_grad_norm = self.last_perturbation_norm = None
                 return
         if self.perturbation == "global":
             self._all_reduce_grads()
-        per_group = []  # (group, params, vectors used for the norm, ASAM scales or None)
-        group_norms = []
-        for group in self.param_groups:
-            rho = check_rho(group["rho"])
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if group["adaptive"]:
-                scales = [adaptive_scale(p, group["adaptive_eta"]) for p in params]
-                vecs = _mul(scales, grads, fe)
-            else:
-                scales, vecs = None, grads
-            per_group.append((group, rho, params, vecs, scales))
-            group_norms.append(global_norm(vecs, foreach=fe))
-
-        self._stage = "perturbed"
-        self._perturbed = []
-        self._perturbed_backups = []
-        if not per_group:
+        groups = self._collect()
+        if not groups:  # nothing to perturb; the BN statistics are still those of this first pass
+            self._pending = _Pending()
+            self._save_bn(self._pending)
             self.last_grad_norm = self.last_perturbation_norm = None
             return
-        if len(group_norms) == 1:
-            norms = group_norms[0].unsqueeze(0)
-            norm = group_norms[0]
-        else:
-            device = group_norms[0].device
-            dtype = torch.float64 if any(n.dtype == torch.float64 for n in group_norms) else torch.float32
-            norms = torch.stack([n.to(device, dtype) for n in group_norms])
-            norm = _combine_norms(norms)
-        if not math.isfinite(float(norm)):
-            self._stage = "idle"
-            self._nonfinite("first")  # raises, or marks the step skipped
-            self._stage = "perturbed"
-            self.last_grad_norm = norm
+        scales = [g.scales for g in groups]
+        eps = perturb([g.grads for g in groups], [g.rho for g in groups], self.lam, self.eps, scales=scales,
+                      foreach=self.foreach)  # fmt: skip
+        if not eps.finite:
+            self._nonfinite("first")  # raises, or the step is skipped
+            self._pending = _Pending(skip=True)
+            self.last_grad_norm = eps.grad_norm
             return
-
-        eps_norms = []
-        all_params: list[Tensor] = []
-        all_backups: list[Tensor] = []
-        for (_group, rho, params, vecs, scales), gnorm in zip(per_group, norms):
-            coef = float(
-                perturbation_scale(
-                    norm,
-                    rho,
-                    normalization=self.normalization,
-                    lam=self.lam if self.normalization == "unified" else None,
-                    eps=self.eps,
-                )
-            )
-            backups = self._backups_for(params)
-            _copy_(backups, params, fe)
-            if scales is None:
-                _add_(params, vecs, coef, fe)
-                eps_norms.append(abs(coef) * gnorm)
-            else:
-                e = _mul(scales, vecs, fe)  # T² g
-                _add_(params, e, coef, fe)
-                eps_norms.append(abs(coef) * global_norm(e, foreach=fe).to(norm.device, norm.dtype))
-            all_params.extend(params)
-            all_backups.extend(backups)
-        self._perturbed = all_params
-        self._perturbed_backups = all_backups
-        self._snapshot_bn()
-        self._after_perturb(per_group, norm)
-        self.last_grad_norm = norm
-        self.last_perturbation_norm = eps_norms[0] if len(eps_norms) == 1 else _combine_norms(torch.stack(eps_norms))
+        pending = _Pending()
+        for group, direction, c in zip(groups, eps.directions, eps.coefficients):
+            saved = self._backups_for(group.params)
+            copy_(saved, group.params, self.foreach)
+            add_(group.params, direction, c, self.foreach)
+            pending.changed += group.params
+            pending.saved += saved
+        self._pending = pending
+        self._save_bn(pending)
+        self._after_perturb(groups)
+        self.last_grad_norm = eps.grad_norm
+        self.last_perturbation_norm = eps.norm
         if zero_grad:
             self.zero_grad()
 
@@ -342,73 +297,65 @@ class SAM(Optimizer):
         With ``scaler``, the second-pass gradients are unscaled by ``scaler.unscale_`` and the step goes
         through ``scaler.step(base_optimizer)``, which skips it on inf/NaN; call ``scaler.update()`` after.
         """
-        if self._stage != "perturbed":
+        pending = self._pending
+        if pending is None:
             raise RuntimeError(
                 "second_step() called before first_step(): call first_step() after the first backward pass"
             )
         self._restore()
-        use_scaler = scaler is not None and scaler.is_enabled()
-        if use_scaler:
-            if not self._scaler_recorded:
+        skip = pending.skip
+        if scaler is not None and scaler.is_enabled():
+            if not pending.scaler_recorded:
                 scaler.unscale_(self.base_optimizer)
-                grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-                if nonfinite(grads, foreach=self.foreach):
-                    self._skip_pending = True
-            if not self._skip_pending:
+                skip = skip or nonfinite(self._grads(), foreach=self.foreach)
+            if not skip:
                 self._before_base_step()
             scaler.step(self.base_optimizer)  # skips the base step when the scaler saw inf/NaN
-        elif not self._skip_pending:
-            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-            if nonfinite(grads, foreach=self.foreach):
-                self._nonfinite("second")
-            if not self._skip_pending:
+        elif not skip:
+            if nonfinite(self._grads(), foreach=self.foreach):
+                self._nonfinite("second")  # raises, or the step is skipped
+                skip = True
+            else:
                 self._before_base_step()
                 self.base_optimizer.step()
-        if self._skip_pending:
-            self._skip_pending = False
+        if skip:
             self.skipped_steps += 1
         else:
             self.steps += 1
-        self._scaler_recorded = False
         self._opt_called = True  # tells LR schedulers attached to this object that a step happened
         if zero_grad:
             self.zero_grad()
 
     def _restore(self) -> None:
-        """Put back the weights (and BN statistics) of before the perturbation, in place."""
-        # Exactly the parameters perturbed in this step (storage is never rebound), including those that
-        # got no gradient in the second pass.
-        _copy_(self._perturbed, self._perturbed_backups, self.foreach)
-        self._perturbed = []
-        self._perturbed_backups = []
-        for buf, saved in self._bn_backup:
-            buf.copy_(saved)
-        self._stage = "idle"
+        """Put back the weights (and BN statistics) of before the perturbation, in place, and end the step.
+
+        Exactly the tensors perturbed in this step (storage is never rebound), including the parameters that got
+        no gradient in the second pass.
+        """
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            copy_(pending.changed, pending.saved, self.foreach)
 
     # hooks for variants (GSAM)
-    def _after_perturb(self, per_group: list, norm: Tensor) -> None:
-        pass
+    def _after_perturb(self, groups: Sequence[_Group]) -> None:
+        """Called once the weights are perturbed, with the first-pass gradients still in ``.grad``."""
 
     def _before_base_step(self) -> None:
-        pass
+        """Called just before the base optimizer steps, with the second-pass gradients in ``.grad``."""
 
-    def _snapshot_bn(self) -> None:
+    def _save_bn(self, pending: _Pending) -> None:
+        """Add the model's BatchNorm running statistics to what :meth:`_restore` puts back."""
         if self.model is None:
-            self._bn_backup = []
             return
         bufs = []
         for m in self.model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
                 bufs.extend(b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None)
-        old = {id(b): saved for b, saved in self._bn_backup}
-        pairs = []
-        for b in bufs:
-            saved = old.get(id(b))
-            if saved is None or saved.shape != b.shape or saved.dtype != b.dtype:
-                saved = torch.empty_like(b)
-            saved.copy_(b)
-            pairs.append((b, saved))
-        self._bn_backup = pairs
+        if bufs:
+            saved = self._backups_for(bufs)
+            copy_(saved, bufs, self.foreach)
+            pending.changed += bufs
+            pending.saved += saved
 
     def _all_reduce_grads(self) -> None:
         """``perturbation="global"`` without DDP's own all-reduce: average the first-pass gradient over ranks."""
@@ -418,11 +365,9 @@ class SAM(Optimizer):
         if ddp or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         world = dist.get_world_size()
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad.div_(world)
+        for grad in self._grads():
+            dist.all_reduce(grad)
+            grad.div_(world)
 
     def first_pass(self) -> Any:
         """Context manager for the first forward and backward of the two-step API.
@@ -469,13 +414,13 @@ class SAM(Optimizer):
         with self.first_pass():
             loss = closure()
         self.first_step(zero_grad=True, scaler=scaler)
-        if self._skip_pending:
+        if self._pending.skip:  # type: ignore[union-attr]
             self.second_step(scaler=scaler)
             return loss
         try:
             closure()
         except BaseException:
-            self._restore_after_error()
+            self._restore()
             raise
         self.second_step(scaler=scaler)
         return loss
@@ -515,7 +460,7 @@ class SAM(Optimizer):
         if not batches:
             raise ValueError("micro_batches is empty")
         if weights is None:
-            weights = [float(_batch_size(b)) for b in batches]
+            weights = [float(_micro_batch_size(b)) for b in batches]
         if len(weights) != len(batches) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"weights must be {len(batches)} numbers >= 0 with a positive sum, got {weights!r}")
         total = float(sum(weights))
@@ -535,12 +480,12 @@ class SAM(Optimizer):
             with self.first_pass():
                 loss = sum(w * backward(b, w) for b, w in zip(batches, ws))
             self.first_step(zero_grad=True)
-            if not self._skip_pending:
+            if not self._pending.skip:
                 try:
                     for b, w in zip(batches, ws):
                         backward(b, w)
                 except BaseException:
-                    self._restore_after_error()
+                    self._restore()
                     raise
             self.second_step()
             return loss
@@ -553,13 +498,13 @@ class SAM(Optimizer):
             with self.first_pass():
                 loss = loss + w * backward(b, 1.0)
             self.first_step(zero_grad=True)
-            if self._skip_pending:  # on_nonfinite="skip": the whole step is skipped
+            if self._pending.skip:  # on_nonfinite="skip": the whole step is skipped
                 self.second_step()
                 return loss
             try:
                 backward(b, 1.0)
             except BaseException:
-                self._restore_after_error()
+                self._restore()
                 raise
             self._restore()
             for i, p in enumerate(params):
@@ -582,39 +527,31 @@ class SAM(Optimizer):
     def _step_unperturbed(self, scaler: Any = None) -> None:
         """The base step with the gradients in ``.grad`` and nothing to restore, through :meth:`second_step`'s
         checks (finite gradients, scaler, counters)."""
-        self._stage = "perturbed"
-        self._perturbed, self._perturbed_backups, self._bn_backup = [], [], []
-        self._skip_pending = False
-        self._scaler_recorded = False
+        self._pending = _Pending()
         self.second_step(scaler=scaler)
 
-    def _restore_after_error(self) -> None:
-        with torch.no_grad():
-            self._restore()
-        self._skip_pending = False
+    def _backups_for(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Persistent backup buffers (allocated once per tensor, reused every step).
 
-    def _backups_for(self, params: list[Tensor]) -> list[Tensor]:
-        """Persistent backup buffers (allocated once per parameter, reused every step).
-
-        The list for the last seen parameter list is cached, so a steady training loop does no per-tensor
+        The list for the last seen tensor list is cached, so a steady training loop does no per-tensor
         Python work here beyond an identity check.
         """
-        cached = self._backup_lists.get(id(params[0]))
-        if cached is not None and len(cached[0]) == len(params) and all(a is b for a, b in zip(cached[0], params)):
+        cached = self._backup_lists.get(id(tensors[0]))
+        if cached is not None and len(cached[0]) == len(tensors) and all(a is b for a, b in zip(cached[0], tensors)):
             return cached[1]
         out = []
-        for p in params:
-            buf = self._backup.get(p)
-            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-                buf = self._backup[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+        for t in tensors:
+            buf = self._backup.get(t)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.device != t.device:
+                buf = self._backup[t] = torch.empty_like(t, memory_format=torch.preserve_format)
             out.append(buf)
-        self._backup_lists[id(params[0])] = (list(params), out)
+        self._backup_lists[id(tensors[0])] = (list(tensors), out)
         return out
 
     @property
     def is_perturbed(self) -> bool:
         """True between :meth:`first_step` and :meth:`second_step`."""
-        return self._stage == "perturbed"
+        return self._pending is not None
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
@@ -622,7 +559,7 @@ class SAM(Optimizer):
 
         Transient buffers (the weight backup) are not saved. Raises between first and second step.
         """
-        if self._stage == "perturbed":
+        if self.is_perturbed:
             raise RuntimeError(
                 "state_dict() called between first_step() and second_step(): the weights are perturbed; "
                 "call second_step() first"
@@ -640,14 +577,14 @@ class SAM(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by :meth:`state_dict` (a plain base-optimizer state dict is accepted too)."""
-        if self._stage == "perturbed":
+        if self.is_perturbed:
             raise RuntimeError("load_state_dict() called between first_step() and second_step()")
         state_dict = dict(state_dict)
         extra = state_dict.pop("samkit", None)
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         for group in self.param_groups:
-            for key in ("rho", "adaptive", "adaptive_eta"):
+            for key in _GROUP_KEYS:
                 group.setdefault(key, self.defaults[key])
         if extra is not None:
             self.steps = int(extra.get("steps", 0))
@@ -686,156 +623,19 @@ class USAM(SAM):
         super().__init__(params, base_optimizer, rho, **kwargs)
 
 
-class GSAM(SAM):
-    r"""Surrogate Gap Guided SAM (GSAM; Zhuang et al., ICLR 2022, "Surrogate Gap Minimization Improves
-    Sharpness-Aware Training").
-
-    With ``g = ∇L(w)`` (first pass) and ``g_p = ∇L(w + ε)``, ``ε = ρ g/‖g‖`` (second pass), GSAM splits
-    ``g`` into its component along ``g_p`` and the rest, ``g_⊥ = g − (⟨g, g_p⟩ / ‖g_p‖²) g_p``, and descends
-    along ``d = g_p − α g_⊥`` (minimising the perturbed loss while ascending the surrogate gap orthogonally).
-    ``α = 0`` is SAM. The paper schedules ρ with the learning rate: use :class:`ProportionalRho`.
-    Every other argument is :class:`SAM`'s (any ``normalization``; the paper's is ``"l2"``).
-
-    >>> import torch, samkit
-    >>> opt = samkit.GSAM(torch.nn.Linear(2, 1).parameters(), torch.optim.SGD, rho=0.05, alpha=0.1, lr=0.1)
-    >>> opt.alpha
-    0.1
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any] | None,
-        base_optimizer: type[Optimizer] | Optimizer,
-        rho: float = 0.05,
-        alpha: float = 0.1,
-        **kwargs: Any,
-    ) -> None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
-        self._first_grads: dict[Tensor, Tensor] = {}
-        self._gsam_params: list[Tensor] = []
-        super().__init__(params, base_optimizer, rho, **kwargs)
-
-    def _after_perturb(self, per_group: list, norm: Tensor) -> None:
-        params = [p for _, _, ps, _, _ in per_group for p in ps]
-        bufs = []
-        for p in params:
-            buf = self._first_grads.get(p)
-            if buf is None or buf.shape != p.shape or buf.dtype != p.grad.dtype:
-                buf = self._first_grads[p] = torch.empty_like(p.grad)
-            bufs.append(buf)
-        _copy_(bufs, [p.grad for p in params], self.foreach)
-        self._gsam_params = params
-
-    def _before_base_step(self) -> None:
-        pairs = [(p, self._first_grads[p]) for p in self._gsam_params if p.grad is not None]
-        self._gsam_params = []
-        if not pairs or self.alpha == 0.0:
-            return
-        gp = [p.grad for p, _ in pairs]
-        g = [b for _, b in pairs]
-        dot = torch.stack([(a * b).sum() for a, b in zip(gp, g)]).sum()
-        gp_norm = global_norm(gp, foreach=self.foreach)
-        if float(gp_norm) == 0.0:
-            coef = 0.0
-        else:
-            coef = float(dot / gp_norm.to(dot.dtype) ** 2)
-        # d = g_p − α (g − coef g_p) = (1 + α coef) g_p − α g
-        if self.foreach:
-            torch._foreach_mul_(gp, 1.0 + self.alpha * coef)
-            torch._foreach_add_(gp, g, alpha=-self.alpha)
-        else:
-            for a, b in zip(gp, g):
-                a.mul_(1.0 + self.alpha * coef).add_(b, alpha=-self.alpha)
+def _micro_batch_size(batch: Any) -> int:
+    try:
+        return batch_size(batch)
+    except ValueError as err:
+        raise ValueError(
+            f"{err}; the default weights of step_accumulated are the micro-batch sizes: pass weights= "
+            "(one number per micro-batch) for batches without a tensor"
+        ) from None
 
 
-def _batch_size(batch: Any) -> int:
-    first = batch
-    while isinstance(first, (list, tuple)) and first:
-        first = first[0]
-    if isinstance(first, dict) and first:
-        first = next(iter(first.values()))
-    if isinstance(first, Tensor) and first.dim() > 0:
-        return int(first.shape[0])
-    return 1
-
-
-class ProportionalRho:
-    """Keep ``rho`` proportional to the learning rate: ``group["rho"] = ratio · group["lr"]``.
-
-    Call :meth:`step` after your LR scheduler's ``step()``. The ratio defaults to each group's
-    ``rho / lr`` at construction, so ρ follows any schedule of the learning rate.
-
-    >>> import torch, samkit
-    >>> opt = samkit.SAM(torch.nn.Linear(2, 1).parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
-    >>> follow = samkit.ProportionalRho(opt)           # ratio rho / lr = 0.5
-    >>> opt.param_groups[0]["lr"] = 0.05                # what an LR scheduler does
-    >>> follow.step()
-    >>> round(opt.param_groups[0]["rho"], 6)
-    0.025
-    """
-
-    def __init__(self, optimizer: SAM, ratio: float | None = None) -> None:
-        self.optimizer = optimizer
-        if ratio is not None:
-            if not math.isfinite(ratio) or ratio < 0:
-                raise ValueError(f"ratio must be a finite number >= 0, got {ratio!r}")
-            self.ratios = [float(ratio)] * len(optimizer.param_groups)
-        else:
-            self.ratios = []
-            for g in optimizer.param_groups:
-                if float(g["lr"]) == 0:
-                    raise ValueError("cannot infer rho/lr with lr = 0; pass ratio explicitly")
-                self.ratios.append(float(g["rho"]) / float(g["lr"]))
-
-    def step(self) -> None:
-        for ratio, g in zip(self.ratios, self.optimizer.param_groups):
-            g["rho"] = ratio * float(g["lr"])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"ratios": list(self.ratios)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ratios = [float(r) for r in state["ratios"]]
-
-
-def asam_param_groups(
-    model: torch.nn.Module, *, exclude_bias: bool = True, exclude_norm: bool = True, **group_kwargs: Any
-) -> list[dict[str, Any]]:
-    """Two parameter groups for ASAM: weights with ``adaptive=True``, the excluded ones with ``adaptive=False``.
-
-    Excluded: biases (parameter names ending in ``bias``) and the parameters of normalization layers
-    (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, LocalResponseNorm, RMSNorm).
-
-    >>> import torch, samkit
-    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
-    >>> [len(g["params"]) for g in samkit.asam_param_groups(m)]
-    [1, 3]
-    """
-    norm_types: tuple[type, ...] = (
-        torch.nn.modules.batchnorm._NormBase,
-        torch.nn.LayerNorm,
-        torch.nn.GroupNorm,
-        torch.nn.LocalResponseNorm,
-    )
-    if hasattr(torch.nn, "RMSNorm"):
-        norm_types = norm_types + (torch.nn.RMSNorm,)
-    adaptive, plain = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if (exclude_norm and isinstance(module, norm_types)) or (exclude_bias and name.endswith("bias")):
-                plain.append(p)
-            else:
-                adaptive.append(p)
-    groups = []
-    if adaptive:
-        groups.append({"params": adaptive, "adaptive": True, **group_kwargs})
-    if plain:
-        groups.append({"params": plain, "adaptive": False, **group_kwargs})
-    return groups
+def _check_group(group: dict[str, Any]) -> None:
+    check_rho(group["rho"])
+    number(group["adaptive_eta"], "adaptive_eta")
 
 
 def _flatten_params(params: Iterable[Any]) -> list[Tensor]:
@@ -846,8 +646,3 @@ def _flatten_params(params: Iterable[Any]) -> list[Tensor]:
         else:
             out.append(item)
     return out
-
-
-def _check_adaptive_eta(value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"adaptive_eta must be a finite number >= 0, got {value!r}")
