@@ -34,12 +34,13 @@ def number(
     maximum: float | None = None,
     strict: bool = False,
     allow_tensor: bool = False,
+    hint: str = "",
 ) -> float:
     """Return ``value`` as a float after checking it is a finite real number in range.
 
     ``minimum``/``maximum`` bound it (``None``: unbounded); ``strict=True`` excludes the minimum itself
     (``> minimum`` instead of ``>= minimum``). Booleans are refused. With ``allow_tensor`` a one-element
-    tensor is accepted too. The error names the value and what is allowed.
+    tensor is accepted too. The error names the value and what is allowed (followed by ``hint`` in parentheses).
 
     >>> number(1e-3, "tol", strict=True), number(0.25, "lam", maximum=1.0)
     (0.001, 0.25)
@@ -54,8 +55,12 @@ def number(
     if ok and maximum is not None:
         ok = value <= maximum
     if not ok:
-        raise ValueError(f"{name} must be {_describe(minimum, maximum, strict)}, got {value!r}")
+        raise ValueError(f"{name} must be {_describe(minimum, maximum, strict)}{_hint(hint)}, got {value!r}")
     return float(value)
+
+
+def _hint(hint: str) -> str:
+    return f" ({hint})" if hint else ""
 
 
 def _describe(minimum: float | None, maximum: float | None, strict: bool) -> str:
@@ -70,11 +75,17 @@ def _describe(minimum: float | None, maximum: float | None, strict: bool) -> str
     return "a finite number"
 
 
-def integer(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def integer(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None, hint: str = "") -> int:
     """Return ``value`` after checking it is an ``int`` (not a bool) in ``[minimum, maximum]``.
+
+    The error names the value and what is allowed (followed by ``hint`` in parentheses).
 
     >>> integer(3, "k", minimum=1, maximum=5)
     3
+    >>> integer(9, "k", minimum=1, maximum=5, hint="5 = the number of parameters")
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be an integer with 1 <= k <= 5 (5 = the number of parameters), got 9
     """
     ok = not isinstance(value, bool) and isinstance(value, int)
     if ok and minimum is not None:
@@ -90,7 +101,7 @@ def integer(value: Any, name: str, *, minimum: int | None = None, maximum: int |
             what = f"an integer <= {maximum}"
         else:
             what = "an integer"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        raise ValueError(f"{name} must be {what}{_hint(hint)}, got {value!r}")
     return value
 
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import samkit
+from samkit.core import perturb_batched
 from samkit.dynamics import (
     MatrixSensing,
     Quadratic,
     ScalarFactorization,
     SingleNeuron,
     SmoothStronglyConvex,
-    perturb,
     simulate,
 )
 
@@ -157,7 +157,7 @@ def test_unified_endpoints_are_usam_and_sam():
 def test_perturbation_is_scale_safe_and_eps_stalls_drift():
     # subnormal gradients: ρ g/‖g‖ is still the unit direction (core's ρ/‖g‖ would overflow to inf)
     g = torch.tensor([[3e-320, -4e-320]], dtype=F64)
-    e = perturb(g, torch.tensor([2.0], dtype=F64), "l2")
+    e = perturb_batched(g, torch.tensor([2.0], dtype=F64), lam=1.0, eps=0.0)
     torch.testing.assert_close(e, torch.tensor([[1.2, -1.6]], dtype=F64))
     # SAM on ½(xy)² reaches gradients far below 1e-160 without a spurious divergence (paper-notes 7.2)
     res = simulate(ScalarFactorization(), "sam", 0.05, 1.0, x0=torch.tensor([1.0, 3.0]), steps=3000, record=())

@@ -18,9 +18,9 @@ from samkit.dynamics.problems import (
     ScalarFactorization,
     SingleNeuron,
     SmoothStronglyConvex,
-    power_iteration,
+    batched_power_iteration,
 )
-from samkit.dynamics.simulate import METHODS, SimResult, perturb, simulate
+from samkit.dynamics.simulate import SIM_METHODS, SimResult, simulate
 
 __all__ = [
     "Problem",
@@ -30,10 +30,9 @@ __all__ = [
     "SingleNeuron",
     "PLManifold",
     "MatrixSensing",
-    "power_iteration",
+    "batched_power_iteration",
     "simulate",
     "SimResult",
-    "METHODS",
-    "perturb",
+    "SIM_METHODS",
     "theory",
 ]

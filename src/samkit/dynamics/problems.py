@@ -17,10 +17,12 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from samkit._checks import batch_view, integer, number
 
 __all__ = [
     "Problem",
@@ -30,6 +32,7 @@ __all__ = [
     "SingleNeuron",
     "PLManifold",
     "MatrixSensing",
+    "batched_power_iteration",
 ]
 
 DTYPE = torch.float64
@@ -107,35 +110,37 @@ class Problem:
         raise NotImplementedError
 
     def _sharpness(self, x: Tensor) -> Tensor:
-        return power_iteration(lambda v: self._hvp(x, v), x.shape, iters=self.power_iters)
+        return batched_power_iteration(lambda v: self._hvp(x, v), x.shape, iters=self.power_iters)
 
 
-def power_iteration(hvp, batch_shape: Sequence[int], *, iters: int = 50, seed: int = 0) -> Tensor:
+def batched_power_iteration(
+    hvp: Callable[[Tensor], Tensor], batch_shape: Sequence[int], *, iters: int = 50, seed: int = 0
+) -> Tensor:
     """Batched top (algebraic) eigenvalue of a symmetric operator given by ``hvp(v) -> [B, *shape]``.
 
     Power iteration gives the eigenvalue of largest magnitude λ₁ (Rayleigh quotient); where λ₁ < 0 a second
     pass on ``H − λ₁ I`` (whose dominant eigenvalue is λ_max − λ₁ ≥ 0) recovers λ_max.
 
     >>> A = torch.diag(torch.tensor([3.0, -5.0, 1.0], dtype=torch.float64))
-    >>> round(power_iteration(lambda v: v @ A, (1, 3), iters=200).item(), 6)
+    >>> round(batched_power_iteration(lambda v: v @ A, (1, 3), iters=200).item(), 6)
     3.0
     """
     g = torch.Generator().manual_seed(seed)
     v0 = torch.randn(tuple(batch_shape), generator=g, dtype=DTYPE)
 
+    nd = v0.dim()
+
     def run(shift: Tensor | None) -> Tensor:
-        v = v0 / v0.flatten(1).norm(dim=1).clamp_min(1e-300).view(-1, *([1] * (v0.dim() - 1)))
+        v = v0 / batch_view(v0.flatten(1).norm(dim=1).clamp_min(1e-300), nd)
         lam = torch.zeros(v.shape[0], dtype=DTYPE)
         for _ in range(iters):
             w = hvp(v)
             if shift is not None:
-                w = w - shift.view(-1, *([1] * (v.dim() - 1))) * v
+                w = w - batch_view(shift, nd) * v
             lam = _bdot(v, w)
             n = w.flatten(1).norm(dim=1)
             ok = n > 0
-            v = torch.where(
-                ok.view(-1, *([1] * (v.dim() - 1))), w / torch.where(ok, n, 1.0).view(-1, *([1] * (v.dim() - 1))), v
-            )
+            v = torch.where(batch_view(ok, nd), w / batch_view(torch.where(ok, n, 1.0), nd), v)
         return lam
 
     lam1 = run(None)
@@ -397,9 +402,9 @@ class PLManifold(Problem):
     shape = (2,)
 
     def __init__(self, m: float = 1.0, M: float = 4.0, x_max: float = 1.0) -> None:
-        if not (0 < m <= M) or x_max <= 0:
-            raise ValueError("need 0 < m <= M and x_max > 0")
-        self.m, self.M, self.x_max = float(m), float(M), float(x_max)
+        self.m = number(m, "m", strict=True)
+        self.M = number(M, "M", minimum=self.m)
+        self.x_max = number(x_max, "x_max", strict=True)
         self.mu = self.m
         self.beta = self.M + 0.7698004 * (self.M - self.m) * self.x_max + (self.M - self.m) * self.x_max**2
 
@@ -463,14 +468,12 @@ class MatrixSensing(Problem):
     name = "matrix_sensing"
 
     def __init__(self, d: int = 100, r: int = 5, m: int | None = None, seed: int = 0, power_iters: int = 20) -> None:
-        if d < 1 or r < 1 or r > d:
-            raise ValueError(f"need 1 <= r <= d, got d={d}, r={r}")
-        m = 5 * d * r if m is None else int(m)
-        if m < 1:
-            raise ValueError(f"m must be >= 1, got {m}")
-        self.d, self.r, self.m, self.seed = int(d), int(r), m, seed
+        d = integer(d, "d", minimum=1)
+        r = integer(r, "r", minimum=1, maximum=d)
+        m = 5 * d * r if m is None else integer(m, "m", minimum=1)
+        self.d, self.r, self.m, self.seed = d, r, m, seed
         self.shape = (d, d)
-        self.power_iters = int(power_iters)
+        self.power_iters = integer(power_iters, "power_iters", minimum=1)
         g = torch.Generator().manual_seed(seed)
         u = torch.randn(d, r, generator=g, dtype=DTYPE)
         self.U_star = u / torch.linalg.matrix_norm(u, 2)

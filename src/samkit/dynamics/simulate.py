@@ -2,10 +2,11 @@
 
 One update for every configuration at once::
 
-    g = ∇L(x);  ε = c(‖g‖, ρ)·g  (samkit.core.perturbation_scale);  x ← x − η ∇L(x + ε)
+    g = ∇L(x);  ε = c(‖g‖, ρ)·g  (samkit.core.perturb_batched);  x ← x − η ∇L(x + ε)
 
 with ``c = ρ/‖g‖`` (SAM, ``"l2"``), ``ρ`` (USAM, ``"none"``), ``ρ((1−λ) + λ/‖g‖)`` (``"unified"``), and no
-perturbation for GD. Normalization is exact by default (``eps=0``): a zero gradient is a fixed point.
+perturbation for GD. Normalization is exact by default (``eps=0``): a zero gradient is a fixed point. ε comes from
+:mod:`samkit.core`, the code behind :class:`samkit.SAM`: for the same gradient, the same ε bit for bit.
 
 Example:
     >>> import torch
@@ -30,29 +31,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from samkit.core import batched_norm, batched_perturbation, resolve_lam
+from samkit._checks import batch_view, integer, number
+from samkit.core import batched_norm, perturb_batched, resolve_lam
 from samkit.dynamics.problems import DTYPE, Problem
 
-__all__ = ["METHODS", "SimResult", "simulate", "perturb"]
+__all__ = ["SIM_METHODS", "SimResult", "simulate"]
 
-#: method name -> normalization of :func:`samkit.core.perturbation_scale` (None: GD, no perturbation)
-METHODS: dict[str, str | None] = {"gd": None, "sam": "l2", "usam": "none", "unified": "unified"}
+#: method name -> ``normalization`` of the perturbation rule (:func:`samkit.core.resolve_lam`; None: GD, no
+#: perturbation)
+SIM_METHODS: dict[str, str | None] = {"gd": None, "sam": "l2", "usam": "none", "unified": "unified"}
 RECORDABLE = ("loss", "grad_norm", "x", "path_length", "sharpness")
-
-
-def _bview(t: Tensor, ndim: int) -> Tensor:
-    """View a ``[B]`` tensor as ``[B, 1, ..., 1]`` for broadcasting against ``[B, *shape]``."""
-    return t.view(-1, *([1] * (ndim - 1)))
-
-
-def perturb(g: Tensor, rho: Tensor, normalization: str, lam: float | None = None, eps: float = 0.0) -> Tensor:
-    """The batched perturbation ``ε = c·g``: :func:`samkit.core.batched_perturbation` (the rule lives in core).
-
-    >>> g = torch.tensor([[3e-320, 4e-320], [0.0, 0.0]], dtype=torch.float64)
-    >>> perturb(g, torch.tensor([1.0, 1.0], dtype=torch.float64), "l2").round(decimals=12).tolist()
-    [[0.6, 0.8], [0.0, 0.0]]
-    """
-    return batched_perturbation(g, rho, normalization=normalization, lam=lam, eps=eps)
 
 
 @dataclass
@@ -183,26 +171,19 @@ def simulate(
     Returns:
         a :class:`SimResult`.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(map(repr, METHODS))}")
-    normalization = METHODS[method]
-    if method == "unified":
-        resolve_lam("unified", lam)
-    elif lam is not None and method != "gd":
-        resolve_lam(normalization, lam)  # only agreeing values pass
-    if eps < 0 or not math.isfinite(eps):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError("steps must be >= 0")
-    if record_every < 1:
-        raise ValueError("record_every must be >= 1")
+    if method not in SIM_METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(map(repr, SIM_METHODS))}")
+    normalization = SIM_METHODS[method]
+    lam_v = None if normalization is None else resolve_lam(normalization, lam)  # "unified" needs lam; others agree
+    eps = number(eps, "eps")
+    steps = integer(steps, "steps", minimum=0)
+    record_every = integer(record_every, "record_every", minimum=1)
     record = tuple(record)
     bad = [r for r in record if r not in RECORDABLE]
     if bad:
         raise ValueError(f"unknown record entries {bad}; allowed: {RECORDABLE}")
-    if not (blowup > 0):
-        raise ValueError("blowup must be > 0")
+    if isinstance(blowup, bool) or not isinstance(blowup, (int, float)) or not blowup > 0:
+        raise ValueError(f"blowup must be a number > 0 (inf: only non-finite iterates diverge), got {blowup!r}")
 
     shape = tuple(problem.shape)
     nd = len(shape) + 1
@@ -261,7 +242,7 @@ def simulate(
     do_record(0)
     # working (active) copies: diverged rows are dropped from the computation
     idx = torch.arange(B)
-    xw, ew, rw = x.clone(), _bview(eta_t, nd), rho_t
+    xw, ew, rw = x.clone(), batch_view(eta_t, nd), rho_t
     want_path = "path_length" in series
     pw = path.clone()
     next_rec = 1
@@ -274,8 +255,8 @@ def simulate(
         if idx.numel() == 0:
             break
         g = problem._grad(xw)
-        if normalization is not None:
-            g = problem._grad(perturb(g, rw, normalization, lam, eps).add_(xw))
+        if lam_v is not None:
+            g = problem._grad(perturb_batched(g, rw, lam_v, eps).add_(xw))
         xn = torch.addcmul(xw, ew, g, value=-1.0)
         m = xn.flatten(1).abs().amax(1)
         suspect = ~(m <= quick_thresh)

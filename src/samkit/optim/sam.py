@@ -268,8 +268,9 @@ class SAM(Optimizer):
             self.last_grad_norm = self.last_perturbation_norm = None
             return
         scales = [g.scales for g in groups]
-        eps = perturb([g.grads for g in groups], [g.rho for g in groups], self.lam, self.eps, scales=scales,
-                      foreach=self.foreach)  # fmt: skip
+        eps = perturb(
+            [g.grads for g in groups], [g.rho for g in groups], self.lam, self.eps, scales=scales, foreach=self.foreach
+        )
         if not eps.finite:
             self._nonfinite("first")  # raises, or the step is skipped
             self._pending = _Pending(skip=True)

@@ -17,7 +17,7 @@ statistics) and left exactly as they were: modes, parameters, ``.grad`` and buff
 """
 
 from samkit.sharpness.eigen import (
-    METHODS,
+    EIGEN_METHODS,
     EigenResult,
     function_objective,
     lanczos,
@@ -37,7 +37,7 @@ from samkit.sharpness.worst_case import (
 )
 
 __all__ = [
-    "METHODS",
+    "EIGEN_METHODS",
     "AverageSharpnessResult",
     "EigenResult",
     "FunctionObjective",

@@ -36,11 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from samkit._checks import integer, number
 from samkit.sharpness.hvp import FunctionObjective, LossFn, ModelObjective, Objective
 
-__all__ = ["EigenResult", "top_eigenvalues", "top_eigenvalues_fn", "lanczos", "power_iteration", "METHODS"]
+__all__ = ["EigenResult", "top_eigenvalues", "top_eigenvalues_fn", "lanczos", "power_iteration", "EIGEN_METHODS"]
 
-METHODS = ("lanczos", "power")
+EIGEN_METHODS = ("lanczos", "power")
 Matvec = Callable[[Tensor], Tensor]
 
 
@@ -65,14 +66,12 @@ class EigenResult:
 
 
 def _check_args(k: Any, n: int, method: Any, tol: Any, max_iter: Any) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > n:
-        raise ValueError(f"k must be an integer with 1 <= k <= n = {n} (the number of parameters), got {k!r}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(repr(m) for m in METHODS)}")
-    if not isinstance(tol, (int, float)) or not tol > 0 or not math.isfinite(tol):
-        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
-    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
-        raise ValueError(f"max_iter must be a positive integer or None, got {max_iter!r}")
+    integer(k, "k", minimum=1, maximum=n, hint="the number of parameters is n = " + str(n))
+    if method not in EIGEN_METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(repr(m) for m in EIGEN_METHODS)}")
+    number(tol, "tol", strict=True)
+    if max_iter is not None:
+        integer(max_iter, "max_iter", minimum=1, hint="or None")
 
 
 def _random_unit(

@@ -22,13 +22,14 @@ tensor([ 6., 12.])
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from samkit._checks import batch_size
 from samkit.sharpness._state import module_mode
 
 __all__ = ["hvp", "hvp_fn", "ModelObjective", "FunctionObjective", "Objective"]
@@ -135,19 +136,13 @@ class FunctionObjective(Objective):
         return hvp_fn(self._call, w, self._vec(v))
 
 
-def _batch_size(inputs: Any) -> int:
-    if isinstance(inputs, Tensor):
-        return int(inputs.shape[0]) if inputs.dim() > 0 else 1
-    if isinstance(inputs, (tuple, list)) and inputs and isinstance(inputs[0], Tensor):
-        return _batch_size(inputs[0])
-    raise ValueError(f"batch inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}")
-
-
 def _convert(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
     if isinstance(x, Tensor):
         return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
     if isinstance(x, (tuple, list)):
         return type(x)(_convert(e, device, dtype) for e in x)
+    if isinstance(x, Mapping):
+        return {k: _convert(v, device, dtype) for k, v in x.items()}
     return x
 
 
@@ -225,7 +220,7 @@ class ModelObjective(Objective):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise ValueError(f"each batch must be an (inputs, targets) pair, got {type(batch).__name__}")
             inputs, targets = batch
-            nb = _batch_size(inputs)
+            nb = batch_size(inputs)
             if nb == 0:
                 continue
             count += nb

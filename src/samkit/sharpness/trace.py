@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from samkit._checks import integer
 from samkit.sharpness.eigen import function_objective
 from samkit.sharpness.hvp import LossFn, ModelObjective, Objective
 
@@ -34,16 +35,31 @@ class TraceResult:
     samples: Tensor
 
 
+def sample_count(n_samples: Any) -> int:
+    """Check the number of Monte Carlo samples (at least two, for a standard error)."""
+    return integer(n_samples, "n_samples", minimum=2, hint="a standard error needs two samples")
+
+
+def monte_carlo(draw: Callable[[], float], n_samples: int) -> tuple[float, float, Tensor]:
+    """``n_samples`` calls of ``draw``: their mean, its standard error (std / sqrt(n_samples)), the samples.
+
+    >>> monte_carlo(iter([1.0, 3.0]).__next__, 2)[:2]
+    (2.0, 1.0)
+    """
+    samples = torch.tensor([draw() for _ in range(n_samples)], dtype=torch.float64)
+    return float(samples.mean()), float(samples.std(unbiased=True)) / math.sqrt(n_samples), samples
+
+
 def _hutchinson(obj: Objective, n_samples: int, seed: int) -> TraceResult:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
-        raise ValueError(f"n_samples must be an integer >= 2 (a standard error needs two samples), got {n_samples!r}")
+    n_samples = sample_count(n_samples)
     gen = torch.Generator().manual_seed(seed)
-    samples = torch.empty(n_samples, dtype=torch.float64)
-    for i in range(n_samples):
+
+    def draw() -> float:
         z = (torch.randint(0, 2, (obj.n,), generator=gen) * 2 - 1).to(device=obj.device, dtype=obj.dtype)
-        samples[i] = float(z @ obj.hvp(z))
-    stderr = float(samples.std(unbiased=True)) / math.sqrt(n_samples)
-    return TraceResult(float(samples.mean()), stderr, n_samples, n_samples, samples)
+        return float(z @ obj.hvp(z))
+
+    mean, stderr, samples = monte_carlo(draw, n_samples)
+    return TraceResult(mean, stderr, n_samples, n_samples, samples)
 
 
 def hessian_trace(

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from samkit._checks import integer, number
 from samkit.sharpness.hvp import FunctionObjective, LossFn, ModelObjective, Objective
+from samkit.sharpness.trace import monte_carlo, sample_count
 
 __all__ = [
     "WorstCaseResult",
@@ -64,25 +66,13 @@ class AverageSharpnessResult:
     samples: Tensor
 
 
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _worst_case(
     obj: Objective, rho: float, steps: int, restarts: int, step_size: float | None, seed: int
 ) -> WorstCaseResult:
-    rho = _positive("rho", rho)
-    steps = _count("steps", steps)
-    restarts = _count("restarts", restarts)
-    eta = rho if step_size is None else _positive("step_size", step_size)
+    rho = number(rho, "rho", strict=True)
+    steps = integer(steps, "steps", minimum=1)
+    restarts = integer(restarts, "restarts", minimum=1)
+    eta = rho if step_size is None else number(step_size, "step_size", strict=True)
     gen = torch.Generator().manual_seed(seed)
 
     def rand_dir() -> Tensor:
@@ -121,16 +111,17 @@ def _worst_case(
 
 
 def _average(obj: Objective, sigma: float, n_samples: int, seed: int) -> AverageSharpnessResult:
-    sigma = _positive("sigma", sigma)
-    n_samples = _count("n_samples", n_samples, 2)
+    sigma = number(sigma, "sigma", strict=True)
+    n_samples = sample_count(n_samples)
     gen = torch.Generator().manual_seed(seed)
     base = float(obj.loss())
-    samples = torch.empty(n_samples, dtype=torch.float64)
-    for i in range(n_samples):
+
+    def draw() -> float:
         delta = sigma * torch.randn(obj.n, generator=gen, dtype=torch.float64).to(obj.device, obj.dtype)
-        samples[i] = float(obj.loss(obj.w0 + delta)) - base
-    stderr = float(samples.std(unbiased=True)) / math.sqrt(n_samples)
-    return AverageSharpnessResult(float(samples.mean()), stderr, base, n_samples, samples)
+        return float(obj.loss(obj.w0 + delta)) - base
+
+    mean, stderr, samples = monte_carlo(draw, n_samples)
+    return AverageSharpnessResult(mean, stderr, base, n_samples, samples)
 
 
 def worst_case_sharpness(
