@@ -9,6 +9,7 @@ from samkit.core import (
     batched_norm,
     check_rho,
     global_norm,
+    nonfinite,
     perturbation,
     perturbation_scale,
     resolve_lam,
@@ -166,8 +167,6 @@ def test_bad_input_is_a_clear_value_error(call, match):
 
 
 def test_nonfinite_check_works_under_a_float64_default_dtype():
-    from samkit.core import nonfinite
-
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -175,3 +174,73 @@ def test_nonfinite_check_works_under_a_float64_default_dtype():
         assert not nonfinite([torch.ones(3)])
     finally:
         torch.set_default_dtype(old)
+
+
+# ---------------------------------------------------------------- one rule for the optimizer and the dynamics lab
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.0, 0.3])
+@pytest.mark.parametrize("eps", [0.0, 1e-12])
+@pytest.mark.parametrize("scale", [1.0, 1e-200, 1e-320, 1e200, 0.0])
+def test_optimizer_and_dynamics_lab_compute_the_same_eps_through_one_function(monkeypatch, lam, eps, scale):
+    import samkit
+    from samkit import core
+
+    calls = []
+    rule = core.coefficients
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return rule(*args, **kwargs)
+
+    monkeypatch.setattr(core, "coefficients", spy)
+    g = torch.tensor([3.0, -4.0, 0.5, 1e-3], dtype=torch.float64) * scale
+    # the optimizer: weights at 0, so the perturbed weights are ε itself (0 + c·g is rounded once, like c·g)
+    w = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    w.grad = g.clone()
+    opt = samkit.SAM([w], torch.optim.SGD, rho=0.7, lr=0.1, eps=eps, normalization="unified", lam=lam)
+    opt.first_step()
+    from_optimizer = w.detach().clone()
+    opt.second_step()
+    assert calls, "the optimizer computes ε through core.coefficients"
+    calls.clear()
+    from_lab = core.perturb_batched(g.unsqueeze(0), torch.tensor([0.7], dtype=torch.float64), lam, eps)[0]
+    assert calls, "the lab computes ε through core.coefficients"
+    assert torch.equal(from_optimizer, from_lab), (from_optimizer, from_lab)
+    # and it is the rule: ρ((1 − λ) g + λ g/(‖g‖ + eps)), finite even where ρ/‖g‖ overflows (subnormal ‖g‖)
+    expected = torch.zeros(4, dtype=torch.float64)
+    if scale:
+        m = g.abs().max()
+        norm = m * (g / m).norm()  # ‖g‖ without under- or overflow
+        normalized = (g / m) / (g / m).norm() if eps == 0 else g / (norm + eps)
+        expected = 0.7 * ((1 - lam) * g + lam * normalized)
+    assert torch.isfinite(from_lab).all()
+    torch.testing.assert_close(from_lab, expected, rtol=1e-12, atol=1e-300)
+    # the lab's simulate goes through the same function
+    from samkit.dynamics import Quadratic, simulate
+
+    calls.clear()
+    simulate(Quadratic([2.0, 1.0]), "unified", 0.1, 0.7, x0=torch.ones(2), steps=1, lam=lam, eps=eps, record=())
+    assert calls
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-140, 1e-200, 1e-310, 1e200, 1e300, 0.0])
+def test_a_batched_row_norm_is_the_global_norm_of_that_row(scale):
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randn(3, 4, 5, generator=g, dtype=torch.float64) * scale
+    got = batched_norm(rows)
+    for i in range(3):
+        assert torch.equal(got[i], global_norm([rows[i]])), (got[i], global_norm([rows[i]]))
+        ref = rows[i].abs().max()
+        exact = ref * (rows[i] / ref).norm() if scale else torch.zeros((), dtype=torch.float64)
+        torch.testing.assert_close(got[i], exact, rtol=1e-14, atol=0)
+
+
+def test_mixed_dtypes_are_grouped_for_the_fused_kernels():
+    ts = [torch.tensor([3.0]), torch.tensor([4.0], dtype=torch.float64), torch.tensor([12.0], dtype=torch.float16)]
+    for foreach in (True, False):
+        n = global_norm(ts, foreach=foreach)
+        assert n.dtype == torch.float64 and n.item() == 13.0
+        assert not nonfinite(ts, foreach=foreach)
+        bad = [*ts, torch.tensor([float("inf")], dtype=torch.float16)]
+        assert nonfinite(bad, foreach=foreach) and not torch.isfinite(global_norm(bad, foreach=foreach))

@@ -1,7 +1,7 @@
 """Run under ``python -m torch.distributed.run --nproc_per_node=2 ddp_worker.py OUT.json`` (gloo, CPU).
 
 Checks samkit.SAM's distributed semantics and writes the measurements to OUT.json (rank 0) for
-tests/test_ddp.py to assert on.
+tests/optim/test_ddp.py to assert on.
 """
 
 import copy

@@ -495,17 +495,49 @@ def test_error_in_second_closure_restores_the_weights():
     assert not opt.is_perturbed
 
 
+def _reference_sam(model, x, y, steps, rho, lr, momentum, normalize, sign=1.0):
+    """SAM / USAM with momentum SGD written out with autograd: ``w ← w − lr·b``, ``b ← μ b + ∇L(w + ε)``,
+    ``ε = sign·ρ g/‖g‖`` (``normalize``) or ``sign·ρ g``; returns the final weights."""
+    names = [k for k, _ in model.named_parameters()]
+    ws = [p.detach().clone() for p in model.parameters()]
+
+    def grad_at(ws):
+        ws = [w.detach().requires_grad_() for w in ws]
+        loss = nn.functional.mse_loss(torch.func.functional_call(model, dict(zip(names, ws)), (x,)), y)
+        return torch.autograd.grad(loss, ws)
+
+    bufs = None
+    for _ in range(steps):
+        g = grad_at(ws)
+        scale = sign * rho / torch.sqrt(sum((gi * gi).sum() for gi in g)) if normalize else sign * rho
+        gp = grad_at([w + scale * gi for w, gi in zip(ws, g)])
+        bufs = [gi.clone() for gi in gp] if bufs is None else [momentum * b + gi for b, gi in zip(bufs, gp)]
+        ws = [w - lr * b for w, b in zip(ws, bufs)]
+    return ws
+
+
 @pytest.mark.parametrize("cls", [SAM, USAM])
-def test_short_training_loop_reduces_the_loss(cls):
+def test_short_training_loop_follows_the_reference_trajectory(cls):
     torch.manual_seed(0)
-    x = torch.randn(128, 6)
+    x = torch.randn(128, 6, dtype=torch.float64)
     y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
-    model = _mlp()
-    opt = cls(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
-    first = opt.step(_closure(model, opt, x, y)).item()
-    for _ in range(100):
-        last = opt.step(_closure(model, opt, x, y)).item()
-    assert last < 0.2 * first
+    model = _mlp(dtype=torch.float64)
+    kw = dict(model=copy.deepcopy(model), x=x, y=y, steps=100, rho=0.05, lr=0.1, momentum=0.9)
+    opt = cls(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, eps=0.0)
+    losses = [opt.step(_closure(model, opt, x, y)).item() for _ in range(100)]
+    got = _params(model)
+    normalize = cls is SAM
+    expected = _reference_sam(**kw, normalize=normalize)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    assert losses[-1] < 0.2 * losses[0]
+    # the comparison can fail: plain SGD, the other normalization and a sign error in ε all end elsewhere
+    for other in (
+        _reference_sam(**{**kw, "rho": 0.0}, normalize=normalize),
+        _reference_sam(**kw, normalize=not normalize),
+        _reference_sam(**kw, normalize=normalize, sign=-1.0),
+    ):
+        assert max((a - b).abs().max().item() for a, b in zip(got, other)) > 1e-4
 
 
 def test_public_api_is_exported():

@@ -14,6 +14,7 @@ import torch.distributed as dist
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
 HERE = Path(__file__).parent
+TESTS = HERE.parent
 
 
 def _free_port():
@@ -34,7 +35,7 @@ def _torchrun(script, *args, timeout=240):
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "res.json"
-    _torchrun(HERE / "helpers" / "ddp_worker.py", str(out))
+    _torchrun(TESTS / "helpers" / "ddp_worker.py", str(out))
     return json.loads(out.read_text())
 
 
@@ -55,7 +56,7 @@ def test_checkpoint_saved_on_rank_zero_resumes_exactly(ddp_results):
 
 
 def test_ddp_example_trains_and_keeps_the_replicas_identical():
-    proc = _torchrun(HERE.parent / "examples" / "ddp.py", "--steps", "5")
+    proc = _torchrun(TESTS.parent / "examples" / "ddp.py", "--steps", "5")
     found = re.search(r"loss (\S+) -> (\S+) after 5 SAM steps on (\d) ranks; max weight difference between "
                       r"replicas: (\S+)", proc.stdout)  # fmt: skip
     assert found, proc.stdout

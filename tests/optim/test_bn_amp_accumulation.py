@@ -260,6 +260,26 @@ def test_step_accumulated_bad_input():
     with pytest.raises(ValueError, match="scalar loss"):
         opt.step_accumulated(lambda b: (model(b[0]) - b[1]) ** 2, [(x, y)])
     assert not opt.is_perturbed
+    # micro-batches without a tensor have no size to weight them by: the error says to pass weights=
+    index = [slice(0, 8), slice(8, None)]
+    with pytest.raises(ValueError, match=r"cannot tell the batch size of slice.*pass weights="):
+        opt.step_accumulated(lambda s: nn.functional.mse_loss(model(x[s]), y[s]), index)
+    assert not opt.is_perturbed
+
+
+def test_step_accumulated_with_explicit_weights_equals_the_default_sizes():
+    x, y, model = _acc_setup(2)
+    other = copy.deepcopy(model)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1)
+    opt_other = SAM(other.parameters(), torch.optim.SGD, rho=0.2, lr=0.1)
+    opt.step_accumulated(_loss_fn(model), [(x[:8], y[:8]), (x[8:], y[8:])])
+    n = x.shape[0]
+    opt_other.step_accumulated(
+        lambda s: nn.functional.mse_loss(other(x[s]), y[s]), [slice(0, 8), slice(8, None)], weights=[8, n - 8]
+    )
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), _acc_setup(2)[2].parameters()))
 
 
 # ---------------------------------------------------------------- torch.compile
