@@ -15,20 +15,18 @@ import time
 
 import torch
 
+from samkit.core import perturb_batched, resolve_lam
 from samkit.dynamics import MatrixSensing, Quadratic, simulate, theory
 
 
 def per_config_loop(problem: Quadratic, method: str, eta: float, rho: float, x0: torch.Tensor, steps: int) -> bool:
     """The baseline: one configuration, the same rule through samkit.core, in a plain Python loop."""
-    from samkit.core import batched_norm, perturbation_scale
-
     x = x0.clone().unsqueeze(0)
-    norm = "l2" if method == "sam" else "none"
+    lam = resolve_lam("l2" if method == "sam" else "none", None)
     r = torch.tensor([rho], dtype=torch.float64)
     for _ in range(steps):
         g = problem._grad(x)
-        c = perturbation_scale(batched_norm(g), r, normalization=norm, eps=0.0)
-        xn = x - eta * problem._grad(x + c.view(-1, 1) * g)
+        xn = x - eta * problem._grad(x + perturb_batched(g, r, lam, 0.0))
         if not torch.isfinite(xn).all() or float(xn.norm()) > 1e100:
             return True
         x = xn

@@ -23,41 +23,27 @@ def _bn_buffers(model):
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_bn_statistics_are_those_of_one_plain_forward(momentum):
+def test_bn_statistics_are_those_of_one_plain_forward(momentum, mse_closure):
     torch.manual_seed(1)
     batches = [(torch.randn(16, 4), torch.randn(16, 1)) for _ in range(4)]
     model = _bn_model(momentum)
     plain = copy.deepcopy(model)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.0, model=model)
     for x, y in batches:
-
-        def closure():
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        opt.step(mse_closure(model, opt, x, y))
         plain(x)  # one plain forward of the same batch, same weights (lr = 0)
     for a, b in zip(_bn_buffers(model), _bn_buffers(plain)):
         assert torch.equal(a, b)
 
 
-def test_without_model_the_second_pass_moves_bn_statistics():
+def test_without_model_the_second_pass_moves_bn_statistics(mse_closure):
     # the check above can fail: without model= the second forward updates the statistics again
     torch.manual_seed(1)
     x, y = torch.randn(16, 4), torch.randn(16, 1)
     model = _bn_model(None)
     plain = copy.deepcopy(model)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.0)
-
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    opt.step(mse_closure(model, opt, x, y))
     plain(x)
     assert _bn_buffers(model)[2].item() == 2 and _bn_buffers(plain)[2].item() == 1
 
@@ -189,7 +175,7 @@ def _loss_fn(model):
     return lambda b: nn.functional.mse_loss(model(b[0]), b[1])
 
 
-def test_accumulated_full_mode_equals_sam_on_the_full_batch():
+def test_accumulated_full_mode_equals_sam_on_the_full_batch(mse_closure):
     x, y, model = _acc_setup()
     ref = copy.deepcopy(model)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, momentum=0.9)
@@ -197,34 +183,20 @@ def test_accumulated_full_mode_equals_sam_on_the_full_batch():
     chunks = [(x[:8], y[:8]), (x[8:20], y[8:20]), (x[20:], y[20:])]  # unequal sizes
     for _ in range(3):
         loss = opt.step_accumulated(_loss_fn(model), chunks, mode="full")
-
-        def closure():
-            ref_opt.zero_grad()
-            out = nn.functional.mse_loss(ref(x), y)
-            out.backward()
-            return out
-
-        ref_loss = ref_opt.step(closure)
+        ref_loss = ref_opt.step(mse_closure(ref, ref_opt, x, y))
         torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-12, atol=0)
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
-def test_m_sharpness_with_m_equal_batch_is_plain_sam_and_per_chunk_otherwise():
+def test_m_sharpness_with_m_equal_batch_is_plain_sam_and_per_chunk_otherwise(mse_closure):
     x, y, model = _acc_setup(1)
     one = copy.deepcopy(model)
     ref = copy.deepcopy(model)
     opt_one = SAM(one.parameters(), torch.optim.SGD, rho=0.2, lr=0.1)
     ref_opt = SAM(ref.parameters(), torch.optim.SGD, rho=0.2, lr=0.1)
     opt_one.step_accumulated(_loss_fn(one), [(x, y)], mode="m-sharpness")
-
-    def closure():
-        ref_opt.zero_grad()
-        out = nn.functional.mse_loss(ref(x), y)
-        out.backward()
-        return out
-
-    ref_opt.step(closure)
+    ref_opt.step(mse_closure(ref, ref_opt, x, y))
     for p, q in zip(one.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
@@ -285,7 +257,7 @@ def test_step_accumulated_with_explicit_weights_equals_the_default_sizes():
 # ---------------------------------------------------------------- torch.compile
 
 
-def test_compiled_model_trains_to_the_same_parameters_as_eager():
+def test_compiled_model_trains_to_the_same_parameters_as_eager(mse_closure):
     torch.manual_seed(0)
     x, y = torch.randn(32, 6), torch.randn(32, 1)
     base = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
@@ -294,12 +266,7 @@ def test_compiled_model_trains_to_the_same_parameters_as_eager():
         model = copy.deepcopy(base)
         fwd = torch.compile(model, backend="aot_eager") if compiled else model
         opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
-
-        def closure():
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(fwd(x), y)
-            loss.backward()
-            return loss
+        closure = mse_closure(fwd, opt, x, y)
 
         for _ in range(5):
             opt.step(closure)

@@ -22,16 +22,6 @@ def _mlp(seed=0, dtype=torch.float32):
     return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1)).to(dtype)
 
 
-def _closure(model, opt, x, y):
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
-
-
 def _params(model):
     return [p.detach().clone() for p in model.parameters()]
 
@@ -53,13 +43,13 @@ def _assert_bit_identical(a, b):
     ],
 )
 @pytest.mark.parametrize("foreach", [True, False])
-def test_rho_zero_equals_base_optimizer_bit_for_bit(base, kwargs, foreach):
+def test_rho_zero_equals_base_optimizer_bit_for_bit(base, kwargs, foreach, mse_closure):
     x, y = _data()
     m1, m2 = _mlp(), _mlp()
     sam = SAM(m1.parameters(), base, rho=0.0, foreach=foreach, **kwargs)
     ref = base(m2.parameters(), **kwargs)
     for _ in range(20):
-        sam.step(_closure(m1, sam, x, y))
+        sam.step(mse_closure(m1, sam, x, y))
         ref.zero_grad()
         nn.functional.mse_loss(m2(x), y).backward()
         ref.step()
@@ -262,11 +252,11 @@ def test_non_finite_gradient_raises_and_leaves_parameters_unperturbed(bad_pass):
 
 
 @pytest.mark.parametrize("bad_pass", ["first", "second"])
-def test_non_finite_gradient_skip_mode_skips_the_step(bad_pass):
+def test_non_finite_gradient_skip_mode_skips_the_step(bad_pass, mse_closure):
     x, y = _data()
     model = _mlp()
     opt = SAM(model.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, on_nonfinite="skip")
-    opt.step(_closure(model, opt, x, y))  # one good step creates momentum state
+    opt.step(mse_closure(model, opt, x, y))  # one good step creates momentum state
     state_before = copy.deepcopy(opt.base_optimizer.state_dict())
     before = _params(model)
     calls = []
@@ -295,7 +285,7 @@ def test_non_finite_gradient_skip_mode_skips_the_step(bad_pass):
 @pytest.mark.parametrize(
     "base, kwargs", [(torch.optim.SGD, dict(lr=0.05, momentum=0.9)), (torch.optim.Adam, dict(lr=1e-2))]
 )
-def test_resume_is_bit_identical(base, kwargs):
+def test_resume_is_bit_identical(base, kwargs, mse_closure):
     x, y = _data()
 
     def make():
@@ -304,11 +294,11 @@ def test_resume_is_bit_identical(base, kwargs):
 
     m_ref, o_ref = make()
     for _ in range(10):
-        o_ref.step(_closure(m_ref, o_ref, x, y))
+        o_ref.step(mse_closure(m_ref, o_ref, x, y))
 
     m1, o1 = make()
     for _ in range(4):
-        o1.step(_closure(m1, o1, x, y))
+        o1.step(mse_closure(m1, o1, x, y))
     buf = io.BytesIO()
     torch.save({"model": m1.state_dict(), "opt": o1.state_dict()}, buf)
     buf.seek(0)
@@ -321,7 +311,7 @@ def test_resume_is_bit_identical(base, kwargs):
     o2.load_state_dict(ckpt["opt"])
     assert o2.steps == 4
     for _ in range(6):
-        o2.step(_closure(m2, o2, x, y))
+        o2.step(mse_closure(m2, o2, x, y))
     _assert_bit_identical(_params(m2), _params(m_ref))
 
 
@@ -358,14 +348,14 @@ def test_lr_scheduler_works_with_the_two_step_api_without_warnings():
     assert opt.base_optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 8)
 
 
-def test_rho_can_follow_the_learning_rate():
+def test_rho_can_follow_the_learning_rate(mse_closure):
     model = _mlp()
     x, y = _data()
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
     follow = ProportionalRho(opt)
     for _ in range(2):
-        opt.step(_closure(model, opt, x, y))
+        opt.step(mse_closure(model, opt, x, y))
         sched.step()
         follow.step()
     group = opt.param_groups[0]
@@ -381,14 +371,14 @@ def test_rho_can_follow_the_learning_rate():
 # ---------------------------------------------------------------- construction and paths
 
 
-def test_foreach_and_single_tensor_paths_are_identical():
+def test_foreach_and_single_tensor_paths_are_identical(mse_closure):
     x, y = _data()
     runs = []
     for foreach in (True, False):
         model = _mlp(seed=3)
         opt = SAM(asam_param_groups(model), torch.optim.SGD, rho=0.3, lr=0.05, momentum=0.9, foreach=foreach)
         for _ in range(10):
-            opt.step(_closure(model, opt, x, y))
+            opt.step(mse_closure(model, opt, x, y))
         runs.append(_params(model))
     _assert_bit_identical(*runs)
 
@@ -517,14 +507,14 @@ def _reference_sam(model, x, y, steps, rho, lr, momentum, normalize, sign=1.0):
 
 
 @pytest.mark.parametrize("cls", [SAM, USAM])
-def test_short_training_loop_follows_the_reference_trajectory(cls):
+def test_short_training_loop_follows_the_reference_trajectory(cls, mse_closure):
     torch.manual_seed(0)
     x = torch.randn(128, 6, dtype=torch.float64)
     y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
     model = _mlp(dtype=torch.float64)
     kw = dict(model=copy.deepcopy(model), x=x, y=y, steps=100, rho=0.05, lr=0.1, momentum=0.9)
     opt = cls(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, eps=0.0)
-    losses = [opt.step(_closure(model, opt, x, y)).item() for _ in range(100)]
+    losses = [opt.step(mse_closure(model, opt, x, y)).item() for _ in range(100)]
     got = _params(model)
     normalize = cls is SAM
     expected = _reference_sam(**kw, normalize=normalize)
