@@ -284,10 +284,11 @@ def coefficients(norm: Tensor, rho: Tensor | float, lam: float, eps: float, scal
     rho = torch.as_tensor(rho, dtype=norm.dtype, device=norm.device)
     if lam == 0.0:  # USAM: c = ρ (the norm is not needed)
         return rho * (scale * torch.ones_like(norm))
-    if eps > 0:  # (a Python number over a tensor is computed as a product with 1/scale: overflows for tiny scales)
-        norm_eps = norm + (eps / scale if isinstance(scale, float) else torch.as_tensor(eps).to(norm) / scale)
-    else:
-        norm_eps = norm
+    norm_eps = norm
+    if eps > 0 and isinstance(scale, Tensor):  # (a Python number over a tensor is a product with 1/scale: inf)
+        norm_eps = norm + torch.tensor(eps, dtype=norm.dtype, device=norm.device) / scale
+    elif eps > 0:
+        norm_eps = norm + eps / scale
     positive = norm > 0
     inv = torch.where(positive, 1.0 / torch.where(positive, norm_eps, 1.0), 0.0)
     return rho * ((1.0 - lam) * scale + lam * inv)

@@ -267,17 +267,21 @@ class SAM(Optimizer):
             self._save_bn(self._pending)
             self.last_grad_norm = self.last_perturbation_norm = None
             return
-        scales = [g.scales for g in groups]
-        eps = perturb(
-            [g.grads for g in groups], [g.rho for g in groups], self.lam, self.eps, scales=scales, foreach=self.foreach
+        rule = perturb(
+            [g.grads for g in groups],
+            [g.rho for g in groups],
+            self.lam,
+            self.eps,
+            scales=[g.scales for g in groups],
+            foreach=self.foreach,
         )
-        if not eps.finite:
+        if not rule.finite:
             self._nonfinite("first")  # raises, or the step is skipped
             self._pending = _Pending(skip=True)
-            self.last_grad_norm = eps.grad_norm
+            self.last_grad_norm = rule.grad_norm
             return
         pending = _Pending()
-        for group, direction, c in zip(groups, eps.directions, eps.coefficients):
+        for group, direction, c in zip(groups, rule.directions, rule.coefficients):
             saved = self._backups_for(group.params)
             copy_(saved, group.params, self.foreach)
             add_(group.params, direction, c, self.foreach)
@@ -286,8 +290,8 @@ class SAM(Optimizer):
         self._pending = pending
         self._save_bn(pending)
         self._after_perturb(groups)
-        self.last_grad_norm = eps.grad_norm
-        self.last_perturbation_norm = eps.norm
+        self.last_grad_norm = rule.grad_norm
+        self.last_perturbation_norm = rule.norm
         if zero_grad:
             self.zero_grad()
 
