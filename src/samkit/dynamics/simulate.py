@@ -90,8 +90,7 @@ class SimResult:
         scalar series (``loss``, ``grad_norm``, ``path_length``, ``sharpness``); the ``x`` series is written as
         ``x0``, ``x1``, ... when an iterate has at most 4 entries, else left out. ``every`` thins the recorded steps.
         """
-        if every < 1:
-            raise ValueError("every must be >= 1")
+        every = integer(every, "every", minimum=1)
         idx = list(range(0, len(self.steps), every))
         if idx[-1] != len(self.steps) - 1:
             idx.append(len(self.steps) - 1)
