@@ -35,7 +35,7 @@ from samkit._checks import batch_view, integer, number
 from samkit.core import batched_norm, perturb_batched, resolve_lam
 from samkit.dynamics.problems import DTYPE, Problem
 
-__all__ = ["SIM_METHODS", "SimResult", "simulate"]
+__all__ = ["SIM_METHODS", "SimResult", "simulate", "update"]
 
 #: method name -> ``normalization`` of the perturbation rule (:func:`samkit.core.resolve_lam`; None: GD, no
 #: perturbation)
@@ -132,6 +132,49 @@ def _as_param(v: float | Sequence[float] | Tensor, name: str) -> Tensor:
     return t
 
 
+def _configurations(
+    problem: Problem, eta: float | Sequence[float] | Tensor, rho: float | Sequence[float] | Tensor, x0: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``eta``, ``rho`` (``[B]``) and the iterates ``x`` (``[B, *shape]``) of the ``B`` configurations, broadcast."""
+    shape = tuple(problem.shape)
+    if x0 is None:
+        x0 = problem.default_x0()
+    x0 = torch.as_tensor(x0, dtype=DTYPE)
+    if tuple(x0.shape) == shape:
+        x0 = x0.unsqueeze(0)
+    elif tuple(x0.shape[1:]) != shape:
+        raise ValueError(f"x0 must have shape {shape} or (B, *{shape}), got {tuple(x0.shape)}")
+    eta_t, rho_t = _as_param(eta, "eta"), _as_param(rho, "rho")
+    eta_t, rho_t = torch.broadcast_tensors(eta_t, rho_t)
+    eta_t, rho_t = eta_t.reshape(-1), rho_t.reshape(-1)
+    try:
+        B = torch.broadcast_shapes(eta_t.shape, rho_t.shape, x0.shape[:1])[0]
+    except RuntimeError as err:
+        raise ValueError(
+            f"cannot broadcast eta ({eta_t.numel()}), rho ({rho_t.numel()}) and x0's batch ({x0.shape[0]})"
+        ) from err
+    x = x0.expand(B, *shape).clone()
+    if not torch.isfinite(x).all():
+        raise ValueError("x0 must be finite")
+    return eta_t.expand(B).clone(), rho_t.expand(B).clone(), x
+
+
+def update(problem: Problem, x: Tensor, eta: Tensor, rho: Tensor, lam: float | None, eps: float) -> Tensor:
+    """One step for a batch of iterates ``x`` (``[B, *shape]``): ``x − η ∇L(x + ε)``, ``ε`` from
+    :func:`samkit.core.perturb_batched` (``lam`` the resolved λ; None: GD, no perturbation). ``eta`` broadcasts
+    against ``x`` (``[B, 1, ..., 1]``), ``rho`` is ``[B]``. Nothing is checked: :func:`simulate` checks once.
+
+    >>> from samkit.dynamics import Quadratic
+    >>> x, eta, rho = torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 0.1, dtype=torch.float64), torch.ones(1)
+    >>> update(Quadratic([2.0]), x, eta, rho, lam=1.0, eps=0.0)    # SAM: 1 − 0.1 · ∇L(1 + 1·sign(2))
+    tensor([[0.6000]], dtype=torch.float64)
+    """
+    g = problem._grad(x)
+    if lam is not None:
+        g = problem._grad(perturb_batched(g, rho, lam, eps).add_(x))
+    return torch.addcmul(x, eta, g, value=-1.0)
+
+
 def simulate(
     problem: Problem,
     method: str,
@@ -184,30 +227,8 @@ def simulate(
     if isinstance(blowup, bool) or not isinstance(blowup, (int, float)) or not blowup > 0:
         raise ValueError(f"blowup must be a number > 0 (inf: only non-finite iterates diverge), got {blowup!r}")
 
-    shape = tuple(problem.shape)
-    nd = len(shape) + 1
-    if x0 is None:
-        x0 = problem.default_x0()
-    x0 = torch.as_tensor(x0, dtype=DTYPE)
-    if tuple(x0.shape) == shape:
-        x0 = x0.unsqueeze(0)
-    elif tuple(x0.shape[1:]) != shape:
-        raise ValueError(f"x0 must have shape {shape} or (B, *{shape}), got {tuple(x0.shape)}")
-    eta_t, rho_t = _as_param(eta, "eta"), _as_param(rho, "rho")
-    eta_t, rho_t = torch.broadcast_tensors(eta_t, rho_t)
-    eta_t, rho_t = eta_t.reshape(-1), rho_t.reshape(-1)
-    try:
-        B = torch.broadcast_shapes(eta_t.shape, rho_t.shape, x0.shape[:1])[0]
-    except RuntimeError as err:
-        raise ValueError(
-            f"cannot broadcast eta ({eta_t.numel()}), rho ({rho_t.numel()}) and x0's batch ({x0.shape[0]})"
-        ) from err
-    eta_t = eta_t.expand(B).clone()
-    rho_t = rho_t.expand(B).clone()
-    x = x0.expand(B, *shape).clone()
-    if not torch.isfinite(x).all():
-        raise ValueError("x0 must be finite")
-
+    eta_t, rho_t, x = _configurations(problem, eta, rho, x0)
+    B, shape, nd = x.shape[0], tuple(problem.shape), x.dim()
     rec_steps = list(range(0, steps + 1, record_every))
     if rec_steps[-1] != steps:
         rec_steps.append(steps)
@@ -253,10 +274,7 @@ def simulate(
     for t in it:
         if idx.numel() == 0:
             break
-        g = problem._grad(xw)
-        if lam_v is not None:
-            g = problem._grad(perturb_batched(g, rw, lam_v, eps).add_(xw))
-        xn = torch.addcmul(xw, ew, g, value=-1.0)
+        xn = update(problem, xw, ew, rw, lam_v, eps)
         m = xn.flatten(1).abs().amax(1)
         suspect = ~(m <= quick_thresh)
         if bool(suspect.any()):

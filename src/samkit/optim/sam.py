@@ -8,6 +8,7 @@ applies ε in place, restores the weights exactly and drives the base optimizer,
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -419,14 +420,8 @@ class SAM(Optimizer):
         with self.first_pass():
             loss = closure()
         self.first_step(zero_grad=True, scaler=scaler)
-        if self._pending.skip:  # type: ignore[union-attr]
-            self.second_step(scaler=scaler)
-            return loss
-        try:
-            closure()
-        except BaseException:
-            self._restore()
-            raise
+        if not self._skipping:
+            self._second_pass(closure)
         self.second_step(scaler=scaler)
         return loss
 
@@ -470,31 +465,27 @@ class SAM(Optimizer):
             raise ValueError(f"weights must be {len(batches)} numbers >= 0 with a positive sum, got {weights!r}")
         total = float(sum(weights))
         ws = [float(w) / total for w in weights]
-
-        def backward(batch: Any, weight: float) -> Tensor:
-            with torch.enable_grad():
-                loss = loss_fn(batch)
-                if loss.dim() != 0:
-                    raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
-                (loss * weight).backward()
-            return loss.detach()
-
         self.zero_grad()
         self._calls += 1
-        if mode == "full":
-            with self.first_pass():
-                loss = sum(w * backward(b, w) for b, w in zip(batches, ws))
-            self.first_step(zero_grad=True)
-            if not self._pending.skip:
-                try:
-                    for b, w in zip(batches, ws):
-                        backward(b, w)
-                except BaseException:
-                    self._restore()
-                    raise
-            self.second_step()
-            return loss
+        accumulate = self._accumulate_full if mode == "full" else self._accumulate_m_sharpness
+        return accumulate(functools.partial(_backward, loss_fn), batches, ws)
 
+    def _accumulate_full(self, backward: Callable[[Any, float], Tensor], batches: list[Any], ws: list[float]) -> Tensor:
+        """``mode="full"``: ε from the gradient accumulated over all micro-batches, the descent gradient accumulated
+        at ``w + ε``."""
+        with self.first_pass():
+            loss = sum(w * backward(b, w) for b, w in zip(batches, ws))
+        self.first_step(zero_grad=True)
+        if not self._skipping:
+            self._second_pass(lambda: [backward(b, w) for b, w in zip(batches, ws)])
+        self.second_step()
+        return loss
+
+    def _accumulate_m_sharpness(
+        self, backward: Callable[[Any, float], Tensor], batches: list[Any], ws: list[float]
+    ) -> Tensor:
+        """``mode="m-sharpness"``: one ε per micro-batch from its own gradient; the descent gradients taken at each
+        micro-batch's ``w + ε`` are averaged with the weights."""
         params = [p for g in self.param_groups for p in g["params"]]
         accum: list[Tensor | None] = [None] * len(params)
         loss = torch.zeros(())
@@ -503,14 +494,10 @@ class SAM(Optimizer):
             with self.first_pass():
                 loss = loss + w * backward(b, 1.0)
             self.first_step(zero_grad=True)
-            if self._pending.skip:  # on_nonfinite="skip": the whole step is skipped
+            if self._skipping:  # on_nonfinite="skip": the whole step is skipped
                 self.second_step()
                 return loss
-            try:
-                backward(b, 1.0)
-            except BaseException:
-                self._restore()
-                raise
+            self._second_pass(functools.partial(backward, b, 1.0))
             self._restore()
             for i, p in enumerate(params):
                 if p.grad is not None:
@@ -521,6 +508,15 @@ class SAM(Optimizer):
             p.grad = a
         self._step_unperturbed()
         return loss
+
+    def _second_pass(self, run: Callable[[], Any]) -> None:
+        """Run the forward and backward pass at ``w + ε``; on any error (KeyboardInterrupt included) the weights are
+        put back before it propagates."""
+        try:
+            run()
+        except BaseException:
+            self._restore()
+            raise
 
     def _plain_step(self, closure: Callable[[], Any], scaler: Any) -> Any:
         """The base optimizer's step alone (the off-steps of ``interval`` SAM), with the same checks."""
@@ -552,6 +548,12 @@ class SAM(Optimizer):
             out.append(buf)
         self._backup_lists[id(tensors[0])] = (list(tensors), out)
         return out
+
+    @property
+    def _skipping(self) -> bool:
+        """The step in progress will be skipped (a non-finite gradient with ``on_nonfinite="skip"``, or a
+        GradScaler overflow in the first pass)."""
+        return self._pending is not None and self._pending.skip
 
     @property
     def is_perturbed(self) -> bool:
@@ -626,6 +628,16 @@ class USAM(SAM):
         kwargs["normalization"] = "none"
         kwargs.pop("lam", None)
         super().__init__(params, base_optimizer, rho, **kwargs)
+
+
+def _backward(loss_fn: Callable[[Any], Tensor], batch: Any, weight: float) -> Tensor:
+    """``backward(weight · loss_fn(batch))``; returns the (unweighted) loss, detached."""
+    with torch.enable_grad():
+        loss = loss_fn(batch)
+        if loss.dim() != 0:
+            raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
+        (loss * weight).backward()
+    return loss.detach()
 
 
 def _micro_batch_size(batch: Any) -> int:
