@@ -161,25 +161,12 @@ class SAM(Optimizer):
         defaults = dict(rho=rho, adaptive=bool(adaptive), adaptive_eta=adaptive_eta)
 
         if isinstance(base_optimizer, Optimizer):
-            if base_kwargs:
-                raise ValueError(
-                    f"base_kwargs {sorted(base_kwargs)} given with an already built base optimizer; "
-                    "pass them to the base optimizer's constructor instead"
-                )
-            base = base_optimizer
-            base_params = [p for g in base.param_groups for p in g["params"]]
-            if params is not None:
-                given = _flatten_params(params)
-                if {id(p) for p in given} != {id(p) for p in base_params} or len(given) != len(base_params):
-                    raise ValueError(
-                        "params must be the same parameters as the built base optimizer's "
-                        f"({len(given)} given, {len(base_params)} in the base optimizer); or pass params=None"
-                    )
-            for group in base.param_groups:
+            _check_built_base(params, base_optimizer, base_kwargs)
+            for group in base_optimizer.param_groups:
                 for key, value in defaults.items():
                     group.setdefault(key, value)
-            super().__init__(base.param_groups, defaults)
-            self.base_optimizer = base
+            super().__init__(base_optimizer.param_groups, defaults)
+            self.base_optimizer = base_optimizer
         elif isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer):
             if params is None:
                 raise ValueError("params is required when base_optimizer is a class")
@@ -653,6 +640,24 @@ def _micro_batch_size(batch: Any) -> int:
 def _check_group(group: dict[str, Any]) -> None:
     check_rho(group["rho"])
     number(group["adaptive_eta"], "adaptive_eta")
+
+
+def _check_built_base(params: Iterable[Any] | None, base: Optimizer, base_kwargs: dict[str, Any]) -> None:
+    """With an already built base optimizer: no ``base_kwargs``, and ``params`` None or exactly its parameters."""
+    if base_kwargs:
+        raise ValueError(
+            f"base_kwargs {sorted(base_kwargs)} given with an already built base optimizer; "
+            "pass them to the base optimizer's constructor instead"
+        )
+    if params is None:
+        return
+    base_params = [p for g in base.param_groups for p in g["params"]]
+    given = _flatten_params(params)
+    if {id(p) for p in given} != {id(p) for p in base_params} or len(given) != len(base_params):
+        raise ValueError(
+            "params must be the same parameters as the built base optimizer's "
+            f"({len(given)} given, {len(base_params)} in the base optimizer); or pass params=None"
+        )
 
 
 def _flatten_params(params: Iterable[Any]) -> list[Tensor]:
