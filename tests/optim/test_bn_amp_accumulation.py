@@ -64,6 +64,30 @@ def test_bn_statistics_kept_with_the_two_step_api():
         assert torch.equal(a, b)
 
 
+def test_a_skipped_step_keeps_the_bn_statistics_of_its_own_first_pass(mse_closure):
+    # a step skipped for a non-finite first-pass gradient restores nothing: its first forward's update stays
+    # (a stale snapshot of the step before must not be put back)
+    torch.manual_seed(1)
+    (x1, y1), (x2, y2) = [(torch.randn(16, 4), torch.randn(16, 1)) for _ in range(2)]
+    model = _bn_model(0.1)
+    plain = copy.deepcopy(model)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.0, model=model, on_nonfinite="skip")
+    opt.step(mse_closure(model, opt, x1, y1))
+    plain(x1)
+
+    def bad_first_pass():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x2), y2) * float("nan")
+        loss.backward()
+        return loss
+
+    opt.step(bad_first_pass)
+    plain(x2)
+    assert opt.skipped_steps == 1 and opt.steps == 1
+    for a, b in zip(_bn_buffers(model), _bn_buffers(plain)):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------- mixed precision
 
 
