@@ -158,13 +158,14 @@ class EdgeOfStability(Experiment):
             eig_every=40,
             lambda_init_bound=25.0,
         ),
-        "quick": _preset(),
+        "quick": _preset(eig_every=100),
         "full": _preset(
             etas=[0.02, 0.03],
             steps=[4000, 3000],
             usam_rhos=[[0.005, 0.01, 0.02], [0.005, 0.01]],
             sam_rhos=[[0.01], []],
             seeds=[0, 1],
+            eig_every=50,
         ),
     }
 
