@@ -85,11 +85,12 @@ def test_cli_prints_the_refused_rho_without_running(capsys, tmp_path):
     assert not (tmp_path / "E8").exists()
 
 
-def test_a_diverging_run_is_recorded_not_raised():
+@pytest.mark.parametrize("method", ["gd", "usam", "sam"])
+def test_a_diverging_run_is_recorded_not_raised(method):
     e8 = get("E8")
     cfg = e8.config("tiny")
     params = {k: cfg[k] for k in ("dataset", "n_train", "hidden", "eig_every", "eig_tol", "blowup")}
-    params.update(method="usam", eta=1.0, rho=0.02, steps=200, seed=0)  # 2/η = 2, far below the initial λ ≈ 20
+    params.update(method=method, eta=1.0, rho=0.02, steps=200, seed=0)  # 2/η = 2, far below the initial λ ≈ 20
     r = e8.run_unit(params)
     assert r["diverged"] and 0 < r["diverged_step"] < 200
     assert r["step"] == [0] and math.isfinite(r["lam"][0])  # measured once before blowing up, then stopped

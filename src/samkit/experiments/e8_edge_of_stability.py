@@ -275,13 +275,15 @@ class EdgeOfStability(Experiment):
                     curve[k].append(v)
             if t == steps:
                 break
-            if method == "gd":
-                with torch.enable_grad():
-                    loss_t = closure()
-                opt.step()
-            else:
-                loss_t = opt.step(closure)
-            loss_t = float(loss_t.detach())
+            try:
+                if method == "gd":
+                    with torch.enable_grad():
+                        loss_t = float(closure().detach())
+                    opt.step()
+                else:
+                    loss_t = float(opt.step(closure).detach())
+            except samkit.NonFiniteGradientError:  # SAM/USAM refuse a step on an inf/NaN gradient
+                loss_t = math.inf
             if not math.isfinite(loss_t) or loss_t >= params["blowup"]:
                 diverged_step = t
                 break
