@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from samkit.dynamics import theory
 from samkit.experiments import ConfigError, get
@@ -17,14 +16,6 @@ from samkit.report import write_report
 
 NAME = "E8"
 CLAIMS = ["E8.1", "E8.2", "E8.3", "E8.4"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # -- the edge -------------------------------------------------------------------------------------------------------

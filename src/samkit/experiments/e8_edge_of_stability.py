@@ -418,14 +418,25 @@ class EdgeOfStability(Experiment):
         stats = self._stats(config, data)
         tol = config["plateau_tol"]
         setting = self._setting(config)
-        files = ["data/curves.csv", "data/runs.csv"]
-        out = []
 
-        gd = {k: s for k, s in stats.items() if k[0] == "gd"}
-        gd_ok = bool(gd) and all(s["stable"] and abs(s["ratio"] - 1.0) <= tol for s in gd.values())
-        short = [k for k, s in gd.items() if s["ratio"] < 1.0 - tol]
+        def claim(id: str, statement: str, prediction: str, measured: str, tolerance: str, passed: bool,
+                  why: Sequence[str] = (), values: dict | None = None) -> Claim:  # fmt: skip
+            """A claim on ``sharpness.png``; NOT EXERCISED (reasons appended to ``measured``) when ``why``."""
+            if why:
+                measured += f" — precondition not met: {'; '.join(why)}"
+            return Claim(id=id, statement=statement, setting=setting, prediction=prediction, measured=measured,
+                         tolerance=tolerance, passed=bool(passed) and not why, exercised=not why,
+                         figure="sharpness.png", data=["data/curves.csv", "data/runs.csv"], values=values or {})  # fmt: skip
+
+        def runs(method: str) -> dict[tuple, dict[str, Any]]:
+            return {k: s for k, s in stats.items() if k[0] == method}
+
+        def ratios(method: str, field: str) -> dict[str, float]:
+            return {"/".join(f"{v:g}" for v in k[1:3]) + f"/s{k[3]}": s[field] for k, s in runs(method).items()}
+
+        gd, usam, sam = runs("gd"), runs("usam"), runs("sam")
         measured = "plateau/(2/η): " + (self._list(stats, "gd", "ratio") or "no GD run")
-        if short:
+        if any(s["ratio"] < 1.0 - tol for s in gd.values()):
             measured += (
                 "; below the band: the runs were too short for sharpening to reach the edge, so they say "
                 "nothing about USAM or SAM"
@@ -433,47 +444,36 @@ class EdgeOfStability(Experiment):
         unstable = [f"η={k[1]:g} s{k[3]}" for k, s in gd.items() if not s["stable"]]
         if unstable:
             measured += f"; not stable: {', '.join(unstable)}"
-        out.append(
-            Claim(
-                id="E8.1",
-                statement="Control: full-batch GD's sharpness rises to its edge of stability 2/η and hovers there "
+        out = [
+            claim(
+                "E8.1",
+                "Control: full-batch GD's sharpness rises to its edge of stability 2/η and hovers there "
                 "(Cohen et al. 2021).",
-                setting=setting,
-                prediction="plateau = 2/η at every η and seed",
-                measured=measured,
-                tolerance=f"plateau/(2/η) ∈ [{1 - tol:g}, {1 + tol:g}]; stable (no divergence, last-third "
-                f"std/mean ≤ {config['stable_cv']:g})",
-                passed=gd_ok,
-                figure="sharpness.png",
-                data=files,
-                values={"ratios": {f"{k[1]:g}/s{k[3]}": s["ratio"] for k, s in gd.items()}},
+                "plateau = 2/η at every η and seed",
+                measured,
+                f"plateau/(2/η) ∈ [{1 - tol:g}, {1 + tol:g}]; stable (no divergence, last-third std/mean ≤ "
+                f"{config['stable_cv']:g})",
+                bool(gd) and all(s["stable"] and abs(s["ratio"] - 1.0) <= tol for s in gd.values()),
+                values={"ratios": ratios("gd", "ratio")},
             )
-        )
+        ]
 
-        usam = {k: s for k, s in stats.items() if k[0] == "usam"}
         why_u = self._preconditions(config, stats, "usam")
-        ok2 = bool(usam) and all(abs(s["ratio"] - 1.0) <= tol for s in usam.values())
         preds = "; ".join(f"η={e:g} ρ={r:g}: {stability_edge(e, r):.3g}" for e, r in sorted({k[1:3] for k in usam}))
         out.append(
-            Claim(
-                id="E8.2",
-                statement="USAM's sharpness hovers at Theorem 1's threshold: the root λ* of η(λ + ρλ²) = 2.",
-                setting=setting,
-                prediction=f"plateau = λ* = (−1 + √(1 + 8ρ/η))/(2ρ): {preds or 'no USAM run'}",
-                measured="plateau/λ*: "
-                + (self._list(stats, "usam", "ratio") or "no USAM run")
-                + (f" — precondition not met: {'; '.join(why_u)}" if why_u else ""),
-                tolerance=f"plateau/λ* ∈ [{1 - tol:g}, {1 + tol:g}] for every (η, ρ, seed)",
-                passed=ok2 and not why_u,
-                exercised=not why_u,
-                figure="sharpness.png",
-                data=files,
-                values={"ratios": {f"{k[1]:g}/{k[2]:g}/s{k[3]}": s["ratio"] for k, s in usam.items()}},
+            claim(
+                "E8.2",
+                "USAM's sharpness hovers at Theorem 1's threshold: the root λ* of η(λ + ρλ²) = 2.",
+                f"plateau = λ* = (−1 + √(1 + 8ρ/η))/(2ρ): {preds or 'no USAM run'}",
+                "plateau/λ*: " + (self._list(stats, "usam", "ratio") or "no USAM run"),
+                f"plateau/λ* ∈ [{1 - tol:g}, {1 + tol:g}] for every (η, ρ, seed)",
+                bool(usam) and all(abs(s["ratio"] - 1.0) <= tol for s in usam.values()),
+                why_u,
+                {"ratios": ratios("usam", "ratio")},
             )
         )
 
         frac = config["max_edge_fraction"]
-        below = bool(usam) and all(s["gd_fraction"] <= frac for s in usam.values())
         pairs, bad = 0, []
         for eta, seed in sorted({(k[1], k[3]) for k in usam}):
             by_rho = sorted((k[2], s["plateau"]) for k, s in usam.items() if k[1] == eta and k[3] == seed)
@@ -482,52 +482,39 @@ class EdgeOfStability(Experiment):
                 p = [v for _, v in by_rho]
                 if not all(b < a for a, b in zip(p, p[1:])):
                     bad.append(f"η={eta:g} s{seed}: " + ", ".join(f"ρ={r:g}→{v:.3g}" for r, v in by_rho))
-        why3 = list(why_u)
-        if usam and not pairs:
-            why3.append("no (η, seed) with two or more ρ: monotonicity cannot be checked")
+        why3 = list(why_u) + (["no (η, seed) with two or more ρ: monotonicity cannot be checked"] if not pairs else [])
         out.append(
-            Claim(
-                id="E8.3",
-                statement="USAM's plateaus are not GD's edge: they sit well below 2/η and fall as ρ grows.",
-                setting=setting,
-                prediction=f"plateau ≤ {frac:g} × 2/η; strictly decreasing in ρ at fixed η and seed",
-                measured="plateau/(2/η): "
+            claim(
+                "E8.3",
+                "USAM's plateaus are not GD's edge: they sit well below 2/η and fall as ρ grows.",
+                f"plateau ≤ {frac:g} × 2/η; strictly decreasing in ρ at fixed η and seed",
+                "plateau/(2/η): "
                 + (self._list(stats, "usam", "gd_fraction") or "no USAM run")
-                + (f"; not decreasing: {'; '.join(bad)}" if bad else f"; decreasing in ρ at {pairs} (η, seed)")
-                + (f" — precondition not met: {'; '.join(why3)}" if why3 else ""),
-                tolerance="none",
-                passed=below and not bad and not why3,
-                exercised=not why3,
-                figure="sharpness.png",
-                data=files,
+                + (f"; not decreasing: {'; '.join(bad)}" if bad else f"; decreasing in ρ at {pairs} (η, seed)"),
+                "none",
+                bool(usam) and all(s["gd_fraction"] <= frac for s in usam.values()) and not bad,
+                list(dict.fromkeys(why3)),
+                {"fractions": ratios("usam", "gd_fraction")},
             )
         )
 
-        sam = {k: s for k, s in stats.items() if k[0] == "sam"}
-        why_s = self._preconditions(config, stats, "sam")
         sfrac, stol = config["sam_max_fraction"], config["sam_edge_tol"]
-        ok4 = bool(sam) and all(
-            s["gd_fraction"] <= sfrac and abs(s["sam_edge_ratio"] - 1.0) <= stol for s in sam.values()
-        )
         out.append(
-            Claim(
-                id="E8.4",
-                statement="SAM's sharpness stays well below 2/η, at the ‖g_t‖-dependent edge λ(1 + ρλ/‖g_t‖) = 2/η "
+            claim(
+                "E8.4",
+                "SAM's sharpness stays well below 2/η, at the ‖g_t‖-dependent edge λ(1 + ρλ/‖g_t‖) = 2/η "
                 "(Long & Bartlett 2023).",
-                setting=setting,
-                prediction=f"plateau ≤ {sfrac:g} × 2/η; mean over the last third of λ_t / edge_t = 1, edge_t the "
-                "root of λ(1 + ρλ/‖g_t‖) = 2/η with the full-batch ‖g_t‖ at that step",
-                measured="plateau/(2/η): "
+                f"plateau ≤ {sfrac:g} × 2/η; mean over the last third of λ_t / edge_t = 1, edge_t the root of "
+                "λ(1 + ρλ/‖g_t‖) = 2/η with the full-batch ‖g_t‖ at that step",
+                "plateau/(2/η): "
                 + (self._list(stats, "sam", "gd_fraction") or "no SAM run")
                 + "; mean λ_t/edge_t: "
-                + (self._list(stats, "sam", "sam_edge_ratio") or "–")
-                + (f" — precondition not met: {'; '.join(why_s)}" if why_s else ""),
-                tolerance=f"|mean λ_t/edge_t − 1| ≤ {stol:g} for every run",
-                passed=ok4 and not why_s,
-                exercised=not why_s,
-                figure="sharpness.png",
-                data=files,
-                values={"edge_ratios": {f"{k[1]:g}/{k[2]:g}/s{k[3]}": s["sam_edge_ratio"] for k, s in sam.items()}},
+                + (self._list(stats, "sam", "sam_edge_ratio") or "–"),
+                f"|mean λ_t/edge_t − 1| ≤ {stol:g} for every run",
+                bool(sam)
+                and all(s["gd_fraction"] <= sfrac and abs(s["sam_edge_ratio"] - 1.0) <= stol for s in sam.values()),
+                self._preconditions(config, stats, "sam"),
+                {"edge_ratios": ratios("sam", "sam_edge_ratio")},
             )
         )
         return out
