@@ -34,10 +34,13 @@ when the config is made: a (η, ρ) whose λ* is not clearly between the initial
 conservative bound: 34–40 measured on this MLP) and 2/η (at most ``max_edge_fraction`` · 2/η: a tiny ρ is
 indistinguishable from GD) is refused with a :class:`~samkit.experiments.ConfigError`.
 
-Presets: ``quick`` is one η = 0.03 (2 400 steps), GD + USAM ρ ∈ {0.005, 0.01} + SAM ρ = 0.01, seed 0;
-``full`` is the prototype's grid: η ∈ {0.02 (4 000 steps), 0.03 (3 000 steps)}, USAM ρ ∈ {0.005, 0.01, 0.02} at
-0.02 and {0.005, 0.01} at 0.03, SAM ρ = 0.01 at η = 0.02, seeds {0, 1}; ``tiny`` (tests) a 784-32-32-10 tanh MLP
-on the first 256 images, where the same dynamics run in a few hundred steps.
+Presets: ``quick`` is one η = 0.03 (2 000 steps, λ every 100 steps), GD + USAM ρ ∈ {0.005, 0.01} + SAM ρ = 0.01,
+seed 0 (4 runs, ≈ 3.5 CPU-minutes on one thread); ``full`` is the prototype's grid: η ∈ {0.02 (4 000 steps),
+0.03 (3 000 steps)}, USAM ρ ∈ {0.005, 0.01, 0.02} at 0.02 and {0.005, 0.01} at 0.03, SAM ρ = 0.01 at η = 0.02,
+seeds {0, 1}, λ every 50 steps (16 runs); ``tiny`` (tests) a 784-32-32-32-10 tanh MLP on the first 128 images at
+η = 0.05, where the same dynamics play out in 800 steps (initial λ ≈ 20, so λ* of ρ ∈ {0.01, 0.02} = 30.6, 26.2
+lies between it and 2/η = 40). λ is measured without a warm start (``top_eigenvalues`` takes no initial vector),
+which is most of the cost of a measurement.
 
 Example:
     >>> round(stability_edge(0.02, 0.01), 3), stability_edge(0.02, 0.0)
