@@ -403,7 +403,7 @@ class EdgeOfStability(Experiment):
             for e, s, u, m in zip(config["etas"], config["steps"], config["usam_rhos"], config["sam_rhos"])
         )
         return (
-            f"tanh MLP 784-{hidden}-10, first {config['n_train']} {config['dataset']} images, ½‖f−y‖² (one-hot), "
+            f"tanh MLP input-{hidden}-10, first {config['n_train']} {config['dataset']} images, ½‖f−y‖² (one-hot), "
             f"full-batch SGD; {runs}; seeds {config['seeds']}; λ by Lanczos (tol {config['eig_tol']:g}) every "
             f"{config['eig_every']} steps, plateau = mean over the last third"
         )
@@ -527,7 +527,7 @@ class EdgeOfStability(Experiment):
         curves = data["curves"]
         stats = self._stats(config, data)
         etas = sorted({float(e) for e in config["etas"]})
-        fig, axes = new_figure(len(etas), 1, width=5.4, height=4.2)
+        fig, axes = new_figure(len(etas), 1, width=5.6, height=5.2)
         reds = ["#f4a582", "#d6604d", "#b2182b", "#67001f"]
         blues = ["#2166ac", "#4393c3", "#92c5de"]
         for ax, eta, steps in zip(axes[0], etas, [dict(zip(config["etas"], config["steps"]))[e] for e in etas]):
@@ -553,7 +553,7 @@ class EdgeOfStability(Experiment):
             ax.set_ylabel("top Hessian eigenvalue λ")
             ax.set_title(f"η = {eta:g}")
             ax.set_ylim(0, 1.25 * 2.0 / eta)
-            ax.legend(fontsize=7, loc="lower right", ncol=2)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
         f1 = save_figure(fig, fig_dir / "sharpness.png")
         return [
             Figure(
