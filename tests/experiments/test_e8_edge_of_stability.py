@@ -76,6 +76,19 @@ def test_cli_prints_the_refused_rho_without_running(capsys, tmp_path):
     assert not (tmp_path / "E8").exists()
 
 
+def test_missing_dataset_is_reported_before_any_unit(tmp_path, monkeypatch):
+    import samkit.experiments.e8_edge_of_stability as e8_module
+
+    e8 = get("E8")
+    cfg = e8.config("tiny")
+    monkeypatch.setattr(e8_module, "_DATA_CACHE", {})
+    monkeypatch.setenv("SAMKIT_DATA_DIR", str(tmp_path))
+    msg = e8.missing(cfg)
+    assert msg and "Fashion-MNIST not found" in msg and str(tmp_path) in msg
+    monkeypatch.delenv("SAMKIT_DATA_DIR")
+    assert e8.missing(cfg) is None
+
+
 @pytest.mark.parametrize("method", ["gd", "usam", "sam"])
 def test_a_diverging_run_is_recorded_not_raised(method):
     e8 = get("E8")

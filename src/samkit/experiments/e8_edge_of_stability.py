@@ -214,6 +214,14 @@ class EdgeOfStability(Experiment):
                         "choose a larger ρ"
                     )
 
+    def missing(self, config: Mapping[str, Any]) -> str | None:
+        """The dataset's problem (not installed, corrupt) before any unit starts, or ``None``."""
+        try:
+            _data(config["dataset"], config["n_train"])
+        except ConfigError as err:
+            return str(err)
+        return None
+
     # -- units ----------------------------------------------------------------------------------------------------
     def units(self, config: Mapping[str, Any]) -> list[Unit]:
         base = {k: config[k] for k in ("dataset", "n_train", "hidden", "eig_every", "eig_tol", "blowup")}
@@ -313,7 +321,6 @@ class EdgeOfStability(Experiment):
                     "measurements": len(r["step"]),
                     "n_hvp": r["n_hvp"],
                     "eig_unconverged": r["eig_unconverged"],
-                    "seconds": round(float(r["seconds"]), 2),
                 }
             )
             for i, step in enumerate(r["step"]):
