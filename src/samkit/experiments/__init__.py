@@ -57,6 +57,7 @@ BUILTIN: dict[str, str] = {
     "E5": "samkit.experiments.e5_single_neuron",
     "E6": "samkit.experiments.e6_pl",
     "E7": "samkit.experiments.e7_rho_robustness",
+    "E8": "samkit.experiments.e8_edge_of_stability",
 }
 
 _REGISTRY: dict[str, type[Experiment]] = {}

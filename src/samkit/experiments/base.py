@@ -9,8 +9,8 @@ disk, never from in-memory state — computes its :class:`Claim` s and draws its
 Example:
     >>> c = Claim(id="X.1", statement="GD converges", setting="η=0.1", prediction="loss < 1e-6",
     ...           measured="loss = 3e-9", tolerance="none", passed=True)
-    >>> c.verdict
-    'PASS'
+    >>> c.verdict, Claim(**{**vars(c), "exercised": False}).verdict
+    ('PASS', 'NOT EXERCISED')
     >>> apply_overrides({"steps": 10, "etas": [0.1, 0.2]}, ["steps=20", "etas=0.3,0.4"])
     {'steps': 20, 'etas': [0.3, 0.4]}
 """
@@ -32,6 +32,7 @@ from samkit._io import jsonable as _jsonable  # one JSON-safe converter (re-expo
 
 __all__ = [
     "PRESETS",
+    "NOT_EXERCISED",
     "ConfigError",
     "Claim",
     "Figure",
@@ -46,6 +47,8 @@ __all__ = [
 
 #: The preset names every experiment declares.
 PRESETS = ("tiny", "quick", "full")
+#: The verdict of a claim whose precondition did not hold in the data (see :class:`Claim`).
+NOT_EXERCISED = "NOT EXERCISED"
 
 
 class ConfigError(ValueError):
@@ -158,7 +161,9 @@ class Claim:
     """One checked statement: the paper's claim, the prediction, the measurement and the verdict.
 
     ``prediction`` comes from :mod:`samkit.dynamics.theory` (or an expected behaviour computed from
-    the data), ``measured`` from a run; ``tolerance`` says how the two are compared.
+    the data), ``measured`` from a run; ``tolerance`` says how the two are compared. ``exercised=False``
+    says the data did not meet the claim's precondition (its mechanism was not put to work): the verdict is
+    then ``"NOT EXERCISED"`` whatever ``passed`` says, and such a claim counts as not passed.
     """
 
     id: str
@@ -172,16 +177,20 @@ class Claim:
     figure: str | None = None
     data: list[str] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
+    exercised: bool = True
 
     @property
     def verdict(self) -> str:
-        """``"PASS"`` or ``"FAIL"``."""
+        """``"PASS"``, ``"FAIL"``, or ``"NOT EXERCISED"`` when the precondition did not hold in the data."""
+        if not self.exercised:
+            return NOT_EXERCISED
         return "PASS" if self.passed else "FAIL"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict, with the verdict."""
+        """A JSON-able dict, with the verdict (``passed`` is false for a claim that was not exercised)."""
         d = asdict(self)
-        d["passed"] = bool(self.passed)
+        d["passed"] = bool(self.passed and self.exercised)
+        d["exercised"] = bool(self.exercised)
         d["verdict"] = self.verdict
         d["values"] = _jsonable(self.values)
         return d

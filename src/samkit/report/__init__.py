@@ -40,6 +40,17 @@ def summary(results: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
     return sum(bool(c["passed"]) for c in claims), len(claims)
 
 
+def _verdict(claim: Mapping[str, Any]) -> str:
+    """PASS, FAIL or NOT EXERCISED (results written before the third verdict existed have only ``passed``)."""
+    return claim.get("verdict") or ("PASS" if claim["passed"] else "FAIL")
+
+
+def _not_exercised(results: Sequence[Mapping[str, Any]]) -> str:
+    """`` (K NOT EXERCISED: the precondition did not hold in the data)`` when some claims were not exercised."""
+    n = sum(_verdict(c) == "NOT EXERCISED" for r in results for c in r["claims"])
+    return f" ({n} NOT EXERCISED: the data did not meet their precondition)" if n else ""
+
+
 def _md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -53,7 +64,7 @@ def _markdown(results: Sequence[Mapping[str, Any]]) -> str:
         "(or is an expected behaviour checked against the data) and every measurement comes from a run "
         "of this report; nothing is typed in by hand.",
         "",
-        f"**{passed} of {total} claims PASS.**",
+        f"**{passed} of {total} claims PASS.**{_not_exercised(results)}",
         "",
         "## Claims",
         "",
@@ -62,7 +73,7 @@ def _markdown(results: Sequence[Mapping[str, Any]]) -> str:
     ]
     for r in results:
         for c in r["claims"]:
-            verdict = "**PASS**" if c["passed"] else "**FAIL**"
+            verdict = f"**{_verdict(c)}**"
             lines.append(
                 "| "
                 + " | ".join(
@@ -108,6 +119,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
 th{background:#f3f3f3}.PASS{background:#d9f2d9;font-weight:bold}.FAIL{background:#f7d4d4;font-weight:bold}
+.NOT-EXERCISED{background:#eeeeee;font-weight:bold}
 figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:0.95em;max-width:900px}
 code{background:#f5f5f5;padding:0 3px}
 """
@@ -124,13 +136,14 @@ def _html(results: Sequence[Mapping[str, Any]]) -> str:
         "<p>Dai, Ahn &amp; Sra (NeurIPS 2023). Every prediction is computed by <code>samkit.dynamics.theory</code> "
         "(or is an expected behaviour checked against the data) and every measurement comes from a run of this "
         "report; nothing is typed in by hand.</p>",
-        f"<p><b>{passed} of {total} claims PASS.</b> Machine-readable: <a href='claims.json'>claims.json</a>.</p>",
+        f"<p><b>{passed} of {total} claims PASS.</b>{e(_not_exercised(results))} Machine-readable: "
+        "<a href='claims.json'>claims.json</a>.</p>",
         "<h2>Claims</h2><table><tr><th>id</th><th>claim</th><th>setting</th><th>prediction</th>"
         "<th>measured</th><th>tolerance</th><th>verdict</th></tr>",
     ]
     for r in results:
         for c in r["claims"]:
-            v = "PASS" if c["passed"] else "FAIL"
+            v = _verdict(c)
             fig = f" <a href='#{e(r['experiment'])}'>fig</a>" if c.get("figure") else ""
             out.append(
                 "<tr>"
@@ -138,7 +151,7 @@ def _html(results: Sequence[Mapping[str, Any]]) -> str:
                     f"<td>{e(str(x))}</td>"
                     for x in (c["id"], c["statement"], c["setting"], c["prediction"], c["measured"], c["tolerance"])
                 )
-                + f"<td class='{v}'>{v}{fig}</td></tr>"
+                + f"<td class='{v.replace(' ', '-')}'>{v}{fig}</td></tr>"
             )
     out.append("</table>")
     for r in results:
