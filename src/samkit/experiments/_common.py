@@ -1,15 +1,21 @@
-"""Helpers shared by the experiments: tensors to lists, verdict formatting, log-spaced grids."""
+"""Helpers shared by the experiments: tensors to lists, grids, and the config keys several of them declare."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["logspace", "linspace", "tolist", "theory_float", "rel_err"]
+from samkit.experiments.base import Param
+
+__all__ = ["logspace", "linspace", "tolist", "theory_float", "SEED", "BLOWUP"]
+
+#: The ``seed`` key of an experiment whose runs draw no random numbers (recorded with the results).
+SEED = Param(int, "random seed, recorded with the results (the runs draw no random numbers)", min=0)
+#: The ``blowup`` key: the divergence test of :func:`samkit.dynamics.simulate`.
+BLOWUP = Param(float, "a run has diverged once its iterate's norm exceeds this", min=0, strict=True)
 
 
 def logspace(lo: float, hi: float, n: int) -> list[float]:
@@ -44,9 +50,3 @@ def tolist(t: Any) -> Any:
 def theory_float(t: Any) -> float:
     """A 0-d theory tensor as a float."""
     return float(torch.as_tensor(t))
-
-
-def rel_err(measured: Sequence[float] | np.ndarray, predicted: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Elementwise ``|m − p| / |p|``."""
-    m, p = np.asarray(measured, float), np.asarray(predicted, float)
-    return np.abs(m - p) / np.abs(p)
