@@ -203,7 +203,7 @@ class Param:
         n = len(n) if isinstance(n, (list, tuple)) else n
         if n is not None and len(value) != n:
             of = f" (as many as {self.length})" if isinstance(self.length, str) else ""
-            raise ConfigError(f"{key} must hold {n} values{of}, got {len(value)}: {value!r}")
+            raise ConfigError(f"{key} must hold {n} value{'s' if n != 1 else ''}{of}, got {len(value)}: {value!r}")
         for i, v in enumerate(value):
             self._check_one(f"{key}[{i}]", v, config)
         return value
@@ -250,7 +250,7 @@ class Param:
         if isinstance(self.length, str):
             text += f"; as many as {self.length}"
         elif self.length is not None:
-            text += f"; {self.length} values"
+            text += f"; {self.length} value{'s' if self.length != 1 else ''}"
         return text
 
     def _range(self) -> str:
@@ -444,7 +444,10 @@ class Experiment:
         """The config of ``preset`` with ``key=value`` overrides applied, checked by :meth:`check_config`."""
         if preset not in self.presets:
             raise ConfigError(f"unknown preset {preset!r} for {self.name} (choose from {', '.join(self.presets)})")
-        config = apply_overrides(self.presets[preset], overrides)
+        try:
+            config = apply_overrides(self.presets[preset], overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{self.name}: {err}") from None
         self.check_config(config)
         return config
 

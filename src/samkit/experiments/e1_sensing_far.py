@@ -52,7 +52,9 @@ class SensingFar(Experiment):
         "eta": Param(float, "step size of GD, SAM and USAM", min=0, strict=True),
         "rhos": Param(list[float], "the ρ grid of SAM and USAM", min=0, strict=True),
         "steps": Param(int, "iterations of each run", min=1),
-        "converge_factor": Param(float, "a run converged if its final loss ≤ this × its initial loss", min=0, max=1),
+        "converge_factor": Param(
+            float, "a run converged if its final loss ≤ this × its initial loss", min=0, strict=True, max=1
+        ),
         "blowup": BLOWUP,
     }
 

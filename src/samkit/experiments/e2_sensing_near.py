@@ -314,8 +314,13 @@ class SensingNear(Experiment):
             ("sam", 1): ("#08306b", "-."),
         }
 
-        def pos(v: np.ndarray) -> np.ndarray:  # log axes: exact zeros (the start) are not drawn
-            return np.where(v > 0, v, np.nan)
+        # Not drawn: exact zeros (the start) on the log axes, and the values of a run that diverged (a ρ far outside
+        # the calibrated range), which would break matplotlib's log ticks.
+        def finite(v: np.ndarray) -> np.ndarray:
+            return np.where(np.isfinite(v) & (np.abs(v) <= 1e100), v, np.nan)
+
+        def pos(v: np.ndarray) -> np.ndarray:
+            return np.where(v > 0, finite(v), np.nan)
 
         for m in ("gd", "usam", "sam"):
             for j, rho in enumerate(lc.where(method=m).unique("rho")):
@@ -324,7 +329,7 @@ class SensingNear(Experiment):
                 style = {"color": color, "ls": ls, "lw": 1.6, "label": m.upper() + ("" if m == "gd" else f" ρ={rho:g}")}
                 steps = t.col("step")
                 axes[0, 0].plot(steps, pos(t.col("moved")), **style)
-                axes[0, 1].plot(steps, t.col("sharpness"), **style)
+                axes[0, 1].plot(steps, finite(t.col("sharpness")), **style)
                 axes[0, 2].plot(steps, pos(t.col("loss")), **style)
         ax = axes[0, 0]
         ax.axhline(STAY_TOL, color="k", ls=":", lw=1, label=f"'stays' tolerance {STAY_TOL:g}")
@@ -336,7 +341,7 @@ class SensingNear(Experiment):
         for j, row in enumerate(e.where(method="sam").rows):
             color = styles.get(("sam", j), ("#888",))[0]
             label = f"SAM ρ={row['rho']:g}, polished endpoint"
-            ax.plot([lc.col("step").max()], [row["sharpness"]], "o", color=color, ms=6, label=label)
+            ax.plot([lc.col("step").max()], finite(np.array([row["sharpness"]])), "o", color=color, ms=6, label=label)
         ax.set_ylabel(r"sharpness $\lambda_{\max}(\nabla^2 f(U_t))$")
         ax.set_title("(b) sharpness along the run")
         ax = axes[0, 2]

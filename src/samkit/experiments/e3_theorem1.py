@@ -118,9 +118,12 @@ class Theorem1(Experiment):
     }
 
     def validate(self, config: Mapping[str, Any]) -> None:
-        """The largest eigenvalue β is simple and every cycle_etas < 2/β (SAM's 2-cycle of E3.4 needs both)."""
+        """At least two eigenvalues (the 2-cycle table records x1 and x2), the largest one β simple, and every
+        cycle_etas < 2/β (SAM's 2-cycle of E3.4 needs both)."""
         eig = sorted(config["eigenvalues"], reverse=True)
-        if len(eig) > 1 and eig[0] == eig[1]:
+        if len(eig) < 2:
+            raise ConfigError(f"eigenvalues must hold at least 2 values (the 2-cycle records x1 and x2), got {eig}")
+        if eig[0] == eig[1]:
             raise ConfigError(f"the largest eigenvalue must be simple for SAM's 2-cycle, got eigenvalues={eig}")
         thr = theory_float(theory.gd_threshold(eig[0]))
         bad = [eta for eta in config["cycle_etas"] if not eta < thr]
