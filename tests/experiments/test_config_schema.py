@@ -105,6 +105,10 @@ def test_param_checks_and_describes_its_range():
     assert Param(str, "x", choices=("a", "b")).allowed() == "a | b"
     assert Param(list[int], "x", min=1).allowed() == "list of integers each >= 1"
     assert Param(list[float], "x", length=2).allowed() == "list of numbers; 2 values"
+    assert Param(int, "x", min=1, max="d").allowed() == "[1, d]"
+    assert Param(int, "x", min=1, max="d").check("r", 3, {"d": 3}) == 3
+    with pytest.raises(ConfigError, match=r"r must be <= d \(= 3\), got 4"):
+        Param(int, "x", min=1, max="d").check("r", 4, {"d": 3})
     # an integer with a strict lower bound: > 0 means >= 1
     with pytest.raises(ConfigError, match="k must be an integer >= 1, got 0"):
         Param(int, "x", min=0, strict=True).check("k", 0, {})

@@ -10,12 +10,31 @@ import torch
 
 from samkit.experiments.base import Param
 
-__all__ = ["logspace", "linspace", "tolist", "theory_float", "SEED", "BLOWUP"]
+__all__ = ["logspace", "linspace", "tolist", "theory_float", "SEED", "BLOWUP", "SENSING", "grid_keys", "mesh"]
 
 #: The ``seed`` key of an experiment whose runs draw no random numbers (recorded with the results).
 SEED = Param(int, "random seed, recorded with the results (the runs draw no random numbers)", min=0)
 #: The ``blowup`` key: the divergence test of :func:`samkit.dynamics.simulate`.
 BLOWUP = Param(float, "a run has diverged once its iterate's norm exceeds this", min=0, strict=True)
+#: The keys of the matrix-sensing problem (E1, E2).
+SENSING = {
+    "seed": Param(int, "seed of the sensing problem (ground truth X* and measurements A_i)", min=0),
+    "d": Param(int, "size of U ∈ ℝ^{d×d}", min=1),
+    "r": Param(int, "rank of the ground truth X* = U*U*ᵀ", min=1, max="d"),
+}
+
+
+def grid_keys(name: str, what: str, spacing: str) -> dict[str, Param]:
+    """The three keys of a grid of positive values: ``{name}_min`` < ``{name}_max`` and ``n_{name}`` ≥ 1 points.
+
+    >>> sorted(grid_keys("rho", "ρ of the runs", "log-spaced"))
+    ['n_rho', 'rho_max', 'rho_min']
+    """
+    return {
+        f"{name}_min": Param(float, f"smallest {what}", min=0, strict=True, below=f"{name}_max"),
+        f"{name}_max": Param(float, f"largest {what}", min=0, strict=True),
+        f"n_{name}": Param(int, f"number of points from {name}_min to {name}_max ({spacing})", min=1),
+    }
 
 
 def logspace(lo: float, hi: float, n: int) -> list[float]:
@@ -36,6 +55,16 @@ def linspace(lo: float, hi: float, n: int) -> list[float]:
     [0.0, 0.5, 1.0]
     """
     return [float(f"{v:.6g}") for v in np.linspace(lo, hi, n)]
+
+
+def mesh(a: list[float], b: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair ``(a_i, b_j)``, ``a``-major, as two flat float64 tensors.
+
+    >>> [t.tolist() for t in mesh([1.0, 2.0], [3.0, 4.0])]
+    [[1.0, 1.0, 2.0, 2.0], [3.0, 4.0, 3.0, 4.0]]
+    """
+    A, B = torch.meshgrid(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), indexing="ij")
+    return A.reshape(-1), B.reshape(-1)
 
 
 def tolist(t: Any) -> Any:

@@ -150,7 +150,8 @@ class Param:
 
     ``kind`` is ``int``, ``float``, ``bool``, ``str`` or a list of one of them (``list[float]``, never empty).
     A number, or every element of a list, must lie in ``[min, max]`` (``strict=True``: above ``min``, not at it)
-    and, with ``below``, under a number or under the value of the key ``below`` names. ``choices`` lists the
+    and, with ``below``, under a number or under the value of the key ``below`` names; ``max`` too may name a key
+    (``r`` at most ``d``). ``choices`` lists the
     allowed values of a ``str``; ``length`` fixes a list's length: a number, or the name of a key whose list it
     must match.
 
@@ -172,7 +173,7 @@ class Param:
     kind: Any
     help: str
     min: float | None = None
-    max: float | None = None
+    max: float | str | None = None
     strict: bool = False
     below: float | str | None = None
     choices: tuple[str, ...] | None = None
@@ -210,12 +211,13 @@ class Param:
 
     def _check_one(self, key: str, value: Any, config: Mapping[str, Any]) -> Any:
         kind = self.item
+        hi = None if isinstance(self.max, str) else self.max  # a key's value is checked below, with its name
         try:
             if kind is int:
                 lo = None if self.min is None else math.floor(self.min) + 1 if self.strict else math.ceil(self.min)
-                _checks.integer(value, key, minimum=lo, maximum=None if self.max is None else math.floor(self.max))
+                _checks.integer(value, key, minimum=lo, maximum=None if hi is None else math.floor(hi))
             elif kind is float:
-                _checks.number(value, key, minimum=self.min, maximum=self.max, strict=self.strict)
+                _checks.number(value, key, minimum=self.min, maximum=hi, strict=self.strict)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         if kind is bool and not isinstance(value, bool):
@@ -225,11 +227,11 @@ class Param:
                 raise ConfigError(f"{key} must be a string, got {value!r}")
             if self.choices is not None and value not in self.choices:
                 raise ConfigError(f"{key} must be one of {', '.join(self.choices)}, got {value!r}")
-        if self.below is not None:
-            bound = config.get(self.below) if isinstance(self.below, str) else self.below
-            if isinstance(bound, (int, float)) and not value < bound:
-                name = f"{self.below} (= {bound!r})" if isinstance(self.below, str) else f"{bound:g}"
-                raise ConfigError(f"{key} must be < {name}, got {value!r}")
+        for op, limit in (("<", self.below), ("<=", self.max if isinstance(self.max, str) else None)):
+            bound = config.get(limit) if isinstance(limit, str) else limit
+            if isinstance(bound, (int, float)) and not (value < bound if op == "<" else value <= bound):
+                name = f"{limit} (= {bound!r})" if isinstance(limit, str) else f"{bound:g}"
+                raise ConfigError(f"{key} must be {op} {name}, got {value!r}")
         return value
 
     def allowed(self) -> str:
@@ -258,7 +260,7 @@ class Param:
         if self.below is not None:
             hi, hi_open = (self.below if isinstance(self.below, str) else f"{self.below:g}"), True
         elif self.max is not None:
-            hi = f"{self.max:g}"
+            hi = self.max if isinstance(self.max, str) else f"{self.max:g}"
         if self.min is not None and hi is not None:
             return f"{'(' if self.strict else '['}{self.min:g}, {hi}{')' if hi_open else ']'}"
         if self.min is not None:

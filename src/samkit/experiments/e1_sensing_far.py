@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from samkit.dynamics import MatrixSensing, simulate
-from samkit.experiments import Claim, ConfigError, Experiment, Figure, Param, Table, Unit, fmt, register
-from samkit.experiments._common import BLOWUP, tolist
+from samkit.experiments import Claim, Experiment, Figure, Param, Table, Unit, fmt, register
+from samkit.experiments._common import BLOWUP, SENSING, tolist
 from samkit.experiments.plotting import METHOD_STYLE, divergence_marks, method_label, new_figure, plot_run, save_figure
 
 
@@ -44,10 +44,8 @@ class SensingFar(Experiment):
         "full": _preset(100, 5, 2000, [0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
     }
     schema = {
-        "seed": Param(int, "seed of the sensing problem (ground truth X* and measurements A_i)", min=0),
+        **SENSING,
         "init_seed": Param(int, "seed of the random initialization U0", min=0),
-        "d": Param(int, "size of U ∈ ℝ^{d×d}", min=1),
-        "r": Param(int, "rank of the ground truth X* = U*U*ᵀ", min=1),
         "alpha": Param(float, "scale α of the initialization U0 = α·N(0, 1)/√d", min=0, strict=True),
         "eta": Param(float, "step size of GD, SAM and USAM", min=0, strict=True),
         "rhos": Param(list[float], "the ρ grid of SAM and USAM", min=0, strict=True),
@@ -57,11 +55,6 @@ class SensingFar(Experiment):
         ),
         "blowup": BLOWUP,
     }
-
-    def validate(self, config: Mapping[str, Any]) -> None:
-        """r ≤ d (the rank of X* is at most its size)."""
-        if config["r"] > config["d"]:
-            raise ConfigError(f"r must be <= d (= {config['d']}), got {config['r']}")
 
     def units(self, config: Mapping[str, Any]) -> list[Unit]:
         p = {k: config[k] for k in ("seed", "init_seed", "d", "r", "alpha", "eta", "rhos", "steps", "blowup")}

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from samkit.dynamics import MatrixSensing, simulate, theory
-from samkit.experiments import Claim, ConfigError, Experiment, Figure, Param, Table, Unit, fmt, register
-from samkit.experiments._common import theory_float, tolist
+from samkit.experiments import Claim, Experiment, Figure, Param, Table, Unit, fmt, register
+from samkit.experiments._common import SENSING, theory_float, tolist
 from samkit.experiments.plotting import new_figure, save_figure
 
 #: "Stays where it is": movement of UUᵀ (Frobenius) at most this much.
@@ -82,10 +82,8 @@ class SensingNear(Experiment):
         "full": _preset(50, 3, 500, 4000, 20000, 4000),
     }
     schema = {
-        "seed": Param(int, "seed of the sensing problem (ground truth X* and measurements A_i)", min=0),
+        **SENSING,
         "init_seed": Param(int, "seed of the random initialization of the GD warm start", min=0),
-        "d": Param(int, "size of U ∈ ℝ^{d×d}", min=1),
-        "r": Param(int, "rank of the ground truth X* = U*U*ᵀ", min=1),
         "m": Param(int, "number of measurements (below d(d+1)/2 the global minima form a manifold)", min=1),
         "alpha": Param(float, "scale α of the random initialization α·N(0, 1)/√d", min=0, strict=True),
         "warm_eta": Param(float, "step size of the first GD warm-start phase", min=0, strict=True),
@@ -102,11 +100,6 @@ class SensingNear(Experiment):
         "power_iters": Param(int, "power iterations of each sharpness λ_max(∇²f) measurement", min=1),
         "n_records": Param(int, "number of recorded points along each run", min=1),
     }
-
-    def validate(self, config: Mapping[str, Any]) -> None:
-        """r ≤ d (the rank of X* is at most its size)."""
-        if config["r"] > config["d"]:
-            raise ConfigError(f"r must be <= d (= {config['d']}), got {config['r']}")
 
     def units(self, config: Mapping[str, Any]) -> list[Unit]:
         p = {k: config[k] for k in config if k not in ("usam_rhos", "sam_rhos")}

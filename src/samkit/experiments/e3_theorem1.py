@@ -19,7 +19,7 @@ import torch
 
 from samkit.dynamics import Quadratic, SmoothStronglyConvex, simulate, theory
 from samkit.experiments import Claim, ConfigError, Experiment, Figure, Param, Table, Unit, fmt, register
-from samkit.experiments._common import BLOWUP, SEED, linspace, logspace, theory_float, tolist
+from samkit.experiments._common import BLOWUP, SEED, grid_keys, linspace, logspace, mesh, theory_float, tolist
 from samkit.experiments.plotting import METHOD_STYLE, divergence_marks, method_label, new_figure, plot_run, save_figure
 
 #: The methods of the phase diagrams and the loss curves.
@@ -70,14 +70,6 @@ def _preset(n_eta: int, n_rho: int, steps: int, sc_steps: int) -> dict[str, Any]
     }
 
 
-def _grid(eta: list[float], rho: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (η, ρ) pair, η-major, as two flat float64 tensors."""
-    e = torch.tensor(eta, dtype=torch.float64)
-    r = torch.tensor(rho, dtype=torch.float64)
-    E, R = torch.meshgrid(e, r, indexing="ij")
-    return E.reshape(-1), R.reshape(-1)
-
-
 @register
 class Theorem1(Experiment):
     name = "E3"
@@ -95,12 +87,8 @@ class Theorem1(Experiment):
         "seed": SEED,
         "eigenvalues": Param(list[float], "eigenvalues of A in L = ½xᵀAx; β is the largest", min=0, strict=True),
         "x0": Param(list[float], "start point of the quadratic runs", length="eigenvalues"),
-        "eta_min": Param(float, "smallest step size of the phase diagrams", min=0, strict=True, below="eta_max"),
-        "eta_max": Param(float, "largest step size of the phase diagrams", min=0, strict=True),
-        "n_eta": Param(int, "number of step sizes (evenly spaced)", min=1),
-        "rho_min": Param(float, "smallest ρ of the phase diagrams", min=0, strict=True, below="rho_max"),
-        "rho_max": Param(float, "largest ρ of the phase diagrams", min=0, strict=True),
-        "n_rho": Param(int, "number of ρ values (log-spaced)", min=1),
+        **grid_keys("eta", "step size of the phase diagrams", "evenly spaced"),
+        **grid_keys("rho", "ρ of the phase diagrams", "log-spaced"),
         "steps": Param(int, "iterations of each quadratic run (phase diagrams, loss curves, 2-cycle)", min=1),
         "blowup": BLOWUP,
         "band": Param(float, "cells with |η/threshold − 1| ≤ band are left out of E3.1–E3.3", min=0),
@@ -160,7 +148,7 @@ class Theorem1(Experiment):
 
     def _run_phase(self, params: Mapping[str, Any]) -> dict[str, Any]:
         prob, x0 = self._quadratic(params)
-        eta, rho = _grid(params["etas"], params["rhos"])
+        eta, rho = mesh(params["etas"], params["rhos"])
         r = simulate(
             prob,
             params["method"],
@@ -199,7 +187,7 @@ class Theorem1(Experiment):
 
     def _run_cycle(self, params: Mapping[str, Any]) -> dict[str, Any]:
         prob, x0 = self._quadratic(params)
-        eta, rho = _grid(params["etas"], params["rhos"])
+        eta, rho = mesh(params["etas"], params["rhos"])
         r = simulate(
             prob,
             "sam",

@@ -16,7 +16,7 @@ from matplotlib.ticker import NullFormatter
 
 from samkit.dynamics import ScalarFactorization, simulate, theory
 from samkit.experiments import Claim, Experiment, Figure, Param, Table, Unit, fmt, register
-from samkit.experiments._common import BLOWUP, SEED, logspace, tolist
+from samkit.experiments._common import BLOWUP, SEED, grid_keys, logspace, mesh, tolist
 from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
 
 #: Distances below this are drawn at this value (they reach ~1e-80 numerically).
@@ -60,16 +60,10 @@ class ScalarFactorizationExp(Experiment):
         "seed": SEED,
         "x0": Param(list[float], "start point (x0, y0) of the radius runs", length=2),
         "eta": Param(float, "step size of the radius runs", min=0, strict=True),
-        "rho_min": Param(float, "smallest ρ of the radius runs", min=0, strict=True, below="rho_max"),
-        "rho_max": Param(float, "largest ρ of the radius runs", min=0, strict=True),
-        "n_rho": Param(int, "number of ρ values of the radius runs (log-spaced)", min=1),
+        **grid_keys("rho", "ρ of the radius runs", "log-spaced"),
         "steps": Param(int, "iterations of each radius run", min=1),
-        "eta_min": Param(float, "smallest step size of the region grid", min=0, strict=True, below="eta_max"),
-        "eta_max": Param(float, "largest step size of the region grid", min=0, strict=True),
-        "n_eta": Param(int, "number of step sizes of the region grid (log-spaced)", min=1),
-        "ratio_min": Param(float, "smallest ρ/η of the region grid", min=0, strict=True, below="ratio_max"),
-        "ratio_max": Param(float, "largest ρ/η of the region grid", min=0, strict=True),
-        "n_ratio": Param(int, "number of ρ/η values of the region grid (log-spaced)", min=1),
+        **grid_keys("eta", "step size of the region runs", "log-spaced"),
+        **grid_keys("ratio", "ρ/η of the region runs", "log-spaced"),
         "region_steps": Param(int, "iterations of each region run", min=1),
         "blowup": BLOWUP,
     }
@@ -120,10 +114,7 @@ class ScalarFactorizationExp(Experiment):
     @staticmethod
     def _run_region(params: Mapping[str, Any]) -> dict[str, Any]:
         """One method over the (η, ρ/η) grid, each run from y0 = η^(−1/2), x0 = y0/2: diverged or not."""
-        etas = torch.tensor(params["etas"], dtype=torch.float64)
-        ratios = torch.tensor(params["ratios"], dtype=torch.float64)
-        E, K = torch.meshgrid(etas, ratios, indexing="ij")
-        E, K = E.reshape(-1), K.reshape(-1)
+        E, K = mesh(params["etas"], params["ratios"])
         y0 = torch.sqrt(1.0 / E)
         x0 = torch.stack([y0 / 2, y0], 1)
         r = simulate(

@@ -59,7 +59,7 @@ import numpy as np
 
 from samkit.data import DATASETS
 from samkit.experiments import Claim, ConfigError, Experiment, Figure, Param, Table, Unit, fmt, register
-from samkit.experiments._common import logspace
+from samkit.experiments._common import grid_keys, logspace
 from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
 from samkit.models import MODELS
 from samkit.train import SCHEDULES
@@ -180,9 +180,7 @@ class RhoRobustness(Experiment):
         "momentum": Param(float, "SGD momentum of the base optimizer", min=0, below=1),
         "weight_decay": Param(float, "weight decay", min=0),
         "schedule": Param(str, "learning-rate schedule", choices=SCHEDULES),
-        "rho_min": Param(float, "smallest ρ of the grid", min=0, strict=True, below="rho_max"),
-        "rho_max": Param(float, "largest ρ of the grid", min=0, strict=True),
-        "n_rho": Param(int, "number of ρ values (log-spaced)", min=1),
+        **grid_keys("rho", "ρ of the grid", "log-spaced"),
         "seeds": Param(list[int], "seeds of the ρ grid (one run per ρ, method and seed)", min=0),
         "lr_sweep_rho": Param(float, "ρ of the learning-rate sweep", min=0, strict=True),
         "lr_sweep": Param(list[float], "learning rates of the sweep", min=0, strict=True),
