@@ -1,6 +1,6 @@
 # The README's commands. Each target creates or reuses .venv, installs a CPU torch when the venv has none
 # (override TORCH_SPEC for your own build, e.g. `make test TORCH_SPEC="torch==2.5.1"`), installs samkit with
-# its dev extra, then runs.
+# its dev and ray extras (so the Ray executor's tests run), then runs.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -16,7 +16,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,ray]"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,7 @@
 """SAM on a BatchNorm network with mixed precision.
 
-- ``model=model`` keeps the BatchNorm running statistics of the first pass (the second forward does not move them).
+- ``model=model`` keeps the BatchNorm running statistics of the first pass (the second forward does not move them):
+  each BatchNorm layer counts one update per step, not two.
 - bfloat16 autocast needs no scaler; fp16 uses a GradScaler: pass it to ``step`` and call ``scaler.update()`` after.
   samkit unscales the first-pass gradient itself before computing ε (essential for USAM) and skips the step when
   either pass overflows.
@@ -40,7 +41,12 @@ for precision in ("bf16", "fp16"):
         scaler.scale(loss).backward()  # a disabled scaler passes the loss through
         return loss
 
+    losses = []
     for _ in range(args.steps):
-        loss = opt.step(closure, scaler=scaler)
+        losses.append(opt.step(closure, scaler=scaler).item())
         scaler.update()
-    print(f"{precision}: loss {loss.item():.3f} after {opt.steps} steps ({opt.skipped_steps} skipped on overflow)")
+    updates = int(model.stem[1].num_batches_tracked) / args.steps
+    print(
+        f"{precision}: loss {losses[0]:.3f} -> {losses[-1]:.3f} after {opt.steps} steps "
+        f"({opt.skipped_steps} skipped on overflow); BatchNorm updates per step: {updates:g}"
+    )

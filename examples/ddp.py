@@ -41,10 +41,16 @@ def train(args: argparse.Namespace, backend: str) -> None:
         loss.backward()
         return loss
 
-    for _ in range(args.steps):
-        loss = opt.step(closure)
+    losses = [opt.step(closure).item() for _ in range(args.steps)]
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    replicas = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(replicas, flat)  # every replica took the same steps: identical weights
+    spread = max((r - flat).abs().max().item() for r in replicas)
     if rank == 0:
-        print(f"final loss {loss.item():.4f} after {args.steps} SAM steps on {dist.get_world_size()} ranks")
+        print(
+            f"loss {losses[0]:.4f} -> {losses[-1]:.4f} after {args.steps} SAM steps on {dist.get_world_size()} "
+            f"ranks; max weight difference between replicas: {spread:.1e}"
+        )
 
 
 def main() -> None:

@@ -1,7 +1,13 @@
 """Suite-wide settings."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# tests/helpers holds modules the tests import by name (e.g. ``cifar_files``) and scripts run under torchrun
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -53,6 +54,10 @@ def test_checkpoint_saved_on_rank_zero_resumes_exactly(ddp_results):
     assert ddp_results["resume_steps"] == 4
 
 
-def test_ddp_example_runs_under_torchrun():
+def test_ddp_example_trains_and_keeps_the_replicas_identical():
     proc = _torchrun(HERE.parent / "examples" / "ddp.py", "--steps", "5")
-    assert "final loss" in proc.stdout
+    found = re.search(r"loss (\S+) -> (\S+) after 5 SAM steps on (\d) ranks; max weight difference between "
+                      r"replicas: (\S+)", proc.stdout)  # fmt: skip
+    assert found, proc.stdout
+    first, last, ranks, spread = (float(v) for v in found.groups())
+    assert ranks == 2 and last < first and spread == 0.0

@@ -1,40 +1,73 @@
-"""The ``samkit`` command line.
+"""The ``samkit`` command line: one parser for every command.
 
 Commands::
 
     samkit list                                         the experiments and their presets
-    samkit run EXP [--preset P] [--out DIR] [--set key=value ...]
-    samkit reproduce [--preset P] [--out DIR]           every experiment, then the report
+    samkit run EXP [--preset P] [--out DIR] [--set key=value ...] [--jobs N | --executor ray]
+    samkit reproduce [--preset P] [--out DIR] [--jobs N | --executor ray]   every experiment, then the report
     samkit report DIR                                   redraw figures and rewrite the report from saved data
     samkit train [--dataset D --model M --optimizer O --rho R ...]   train one model (see samkit.train)
+    samkit sweep --optimizer sam,usam --rho 0.01,0.1 --seed 0,1 [any train flag] --out DIR [--jobs N]
 
-Results are cached per work unit (a hash of its parameters), so a rerun skips finished work and an
-interrupted run resumes. Bad input (unknown experiment, unknown key, a value of the wrong type, an
-unwritable output directory) prints one line to stderr and exits with code 2. ``run`` and
-``reproduce`` exit with code 1 when a claim FAILs, 0 when every claim PASSes.
+Results are cached per work unit (a hash of its parameters and code), so a rerun skips finished work and an
+interrupted run resumes. Units run on ``--jobs`` local processes (default: every core) or on a Ray cluster
+(``--executor ray``); the numbers do not depend on where they run.
+
+Exit codes (every command): 0 success (every claim PASSes); 1 a claim did not pass (FAIL or NOT EXERCISED);
+2 bad usage or configuration (unknown experiment or key, a value out of range, an unwritable folder, a bad
+training flag, a checkpoint or data file that cannot be trusted) — one line on stderr; 3 a runtime failure (a unit
+raised, an experiment could not run, damaged result files); 130 interrupted (rerun to resume). ``train`` exits
+with 0 when the run completed or diverged (divergence is a result).
+
+>>> args = build_parser().parse_args(["train", "--optimizer", "usam", "--rho", "0.1", "--schedule", "decay"])
+>>> cfg = train_config(args)
+>>> cfg.optimizer, cfg.rho, cfg.schedule, cfg.decay_frac, cfg.out
+('usam', 0.1, 'decay', 0.1, 'runs/fashion-mnist-cnn-usam-rho0.1-lr0.05-s0')
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+from samkit.data import DATASETS
+from samkit.experiments import get, names
+from samkit.experiments.base import PRESETS, ConfigError
+from samkit.experiments.executors import Executor, RayMissingError, make_executor
+from samkit.experiments.runner import (
+    DamagedDataError,
+    Failure,
+    UnitError,
+    ensure_writable,
+    finalize,
+    read_config,
+    run_experiments,
+)
+from samkit.models import MODELS
+from samkit.report import summary, write_report
+from samkit.sweep import SweepRun, expand_grid, run_name, run_sweep
+from samkit.train import TrainConfig, TrainError, train
+from samkit.train.config import DEVICES, OPTIMIZERS, PERTURBATIONS, SCHEDULES
+
+__all__ = ["main", "build_parser", "train_config"]
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+    """An ArgumentParser whose errors are one line on stderr (``PROG: error: ...``) and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"samkit: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``samkit``."""
+    """The argument parser of ``samkit`` (every command, ``train`` included)."""
     p = _Parser(prog="samkit", description="SAM vs USAM: reproduce Dai, Ahn & Sra (NeurIPS 2023).")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -44,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--preset", default="quick", help="tiny | quick | full (default: quick)")
         sp.add_argument("--out", default="results", help="output directory (default: results)")
         sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+        _add_executor_arguments(sp)
 
     run = sub.add_parser("run", help="run one experiment and update the report in --out")
     run.add_argument("experiment", metavar="EXP", help="experiment name, e.g. E1 (see `samkit list`)")
@@ -60,94 +94,314 @@ def build_parser() -> argparse.ArgumentParser:
     common(rep)
     r = sub.add_parser("report", help="redraw the figures and rewrite the report of DIR from its saved data")
     r.add_argument("dir", metavar="DIR")
-    from samkit.train import add_parser as add_train_parser  # `samkit train` (see samkit.train)
-
-    add_train_parser(sub)
+    _add_train_arguments(
+        sub.add_parser(
+            "train",
+            help="train a model with SGD / SAM / USAM / unified SAM",
+            description="Train an image classifier with SGD, SAM, USAM or unified SAM.",
+        )
+    )
+    sw = sub.add_parser(
+        "sweep",
+        help="a grid of training runs (comma lists of any train flag), then sweep.csv and sweep.png",
+        description="Run every combination of the comma-separated values of the train flags given (e.g. "
+        "--optimizer sam,usam --rho 0.01,0.1,1 --seed 0,1,2), each run in OUT/runs/NAME (resumable), then write "
+        "OUT/sweep.csv (one row per run) and OUT/sweep.png (test accuracy against rho and against the realised "
+        "mean perturbation norm).",
+    )
+    sw.add_argument("--out", required=True, help="the sweep's folder")
+    _add_executor_arguments(sw)
+    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_train_arguments(sw, grid=True)
     return p
 
 
-def _print_claims(result: dict) -> None:
+def _jobs(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}")
+    return n
+
+
+def _add_executor_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=None,
+        metavar="N",
+        help="local worker processes for the work units (default: auto = every core this process may use)",
+    )
+    sp.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine's processes; ray: one Ray task per unit (pip install 'samkit[ray]') "
+        "(default: %(default)s)",
+    )
+    sp.add_argument(
+        "--address",
+        default=None,
+        help="--executor ray: the cluster to join ('auto' for the one this node belongs to, or HOST:PORT); "
+        "default: start a local Ray instance",
+    )
+    sp.add_argument(
+        "--gpus-per-unit",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="--executor ray: GPUs each training unit asks for (fractions share a GPU, e.g. 0.25); default 0",
+    )
+
+
+def _executor(args: argparse.Namespace) -> Executor:
+    if args.executor != "ray" and (args.address or args.gpus_per_unit):
+        raise ConfigError("--address and --gpus-per-unit need --executor ray")
+    if not (0.0 <= args.gpus_per_unit) or args.gpus_per_unit != args.gpus_per_unit:
+        raise ConfigError(f"--gpus-per-unit must be a number >= 0, got {args.gpus_per_unit}")
+    try:
+        return make_executor(args.executor, args.jobs, args.address)
+    except RayMissingError as err:
+        raise ConfigError(str(err)) from None
+    except ConnectionError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _opt_int(text: str) -> int | None:
+    return None if text.lower() in ("", "none", "all") else int(text)
+
+
+#: ``samkit train`` flags that ``samkit sweep`` does not take (the sweep owns the run folders and their output).
+_NOT_SWEPT = ("--out", "--resume", "--no-progress", "--quiet")
+
+
+def _grid_type(convert: Any, choices: Sequence[Any] | None) -> Any:
+    """An argparse type that reads ``a,b,c`` into a list, converting and checking each element."""
+
+    def parse(text: str) -> list[Any]:
+        out = []
+        for part in text.split(","):
+            try:
+                v = convert(part.strip())
+            except ValueError:
+                kind = getattr(convert, "__name__", "value")
+                raise argparse.ArgumentTypeError(f"invalid {kind} value {part.strip()!r} in {text!r}") from None
+            if choices is not None and v not in choices:
+                raise argparse.ArgumentTypeError(f"invalid choice {v!r} (choose from {', '.join(map(str, choices))})")
+            out.append(v)
+        return out
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
+    """The ``samkit train`` flags; with ``grid=True`` (``samkit sweep``) every valued flag takes a comma list."""
+    d = TrainConfig()
+
+    def a(*flags: str, **kw: Any) -> None:
+        if grid:
+            if flags[0] in _NOT_SWEPT:
+                return
+            if kw.get("action") is None:
+                kw["type"] = _grid_type(kw.get("type", str), kw.pop("choices", None))
+                kw["help"] = (kw.get("help") or "") + " (comma list: one run per value)"
+        p.add_argument(*flags, **kw)
+
+    a("--dataset", choices=DATASETS, default=d.dataset, help="default: %(default)s")
+    a("--model", choices=MODELS, default=d.model, help="default: %(default)s")
+    a("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd | sam (normalized) | usam | unified (λ)")
+    a("--rho", type=float, default=d.rho, help="perturbation radius ρ (default: %(default)s)")
+    a("--lam", type=float, default=None, help="λ in [0, 1] for --optimizer unified")
+    a("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    a("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
+    a("--weight-decay", type=float, default=d.weight_decay, help="default: %(default)s")
+    a("--batch-size", type=int, default=d.batch_size, help="per process (default: %(default)s)")
+    a("--epochs", type=int, default=d.epochs, help="default: %(default)s")
+    a(
+        "--schedule",
+        choices=SCHEDULES,
+        default=d.schedule,
+        help="per-step learning-rate schedule: cosine to 0, constant, or decay (constant, then linear to 0 over "
+        "the last --decay-frac of the steps) (default: %(default)s)",
+    )
+    a("--decay-frac", type=float, default=d.decay_frac, help="--schedule decay: the fraction in (0, 1] of the steps "
+      "over which the learning rate falls linearly to 0 (default: %(default)s)")  # fmt: skip
+    a("--seed", type=int, default=d.seed, help="default: %(default)s")
+    a("--out", default=None, help="output folder (default: runs/DATASET-MODEL-OPTIMIZER-rhoR-lrL-sSEED)")
+    a("--data-dir", default=None, help="data folder (default: $SAMKIT_DATA_DIR, then /usr/share/datasets/...)")
+    a("--no-verify-data", dest="verify_data", action="store_false", help="read data files whose checksum is not the "
+      "official one (CIFAR-10 batches are still read by the restricted reader)")  # fmt: skip
+    a("--subset", type=_opt_int, default=None, metavar="N", help="train on the first N training examples")
+    a("--test-subset", type=_opt_int, default=None, metavar="N", help="test on the first N test examples")
+    aug = p.add_mutually_exclusive_group()  # a switch: not swept
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None, help="crop+flip (CIFAR default)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false")
+    a("--sharpness-every", type=int, default=0, metavar="K", help="top Hessian eigenvalue every K epochs (0: never)")
+    a("--sharpness-batches", type=int, default=d.sharpness_batches, help="fixed batches for it (default: %(default)s)")
+    a("--sharpness-batch-size", type=int, default=d.sharpness_batch_size, help="default: %(default)s")
+    a("--sharpness-iters", type=int, default=d.sharpness_iters, help="Lanczos steps at most (default: %(default)s)")
+    a("--perturbation", choices=PERTURBATIONS, default=d.perturbation, help="DDP: per-rank or averaged ε")
+    a("--eval-batch-size", type=int, default=d.eval_batch_size, help="default: %(default)s")
+    a("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default)")
+    a("--threads", type=int, default=0, help="torch threads (0: $SAMKIT_THREADS, else 1; under DDP cores/processes)")
+    a("--synthetic-train", type=int, default=d.synthetic_train, help="synthetic data: training examples")
+    a("--synthetic-test", type=int, default=d.synthetic_test, help="synthetic data: test examples")
+    a("--image-size", type=int, default=d.image_size, help="synthetic data: image side (default: %(default)s)")
+    a("--channels", type=int, default=d.channels, help="synthetic data: 1 or 3 (default: %(default)s)")
+    a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    a("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs the tensorboard package)")
+    a("--no-progress", action="store_true", help="hide the progress bars")
+    a("--quiet", action="store_true", help="no per-epoch lines on stdout")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`~samkit.train.TrainConfig` of parsed ``samkit train`` arguments (``--out`` defaults to a
+    folder named after the run under ``runs/``)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}, progress=not args.no_progress)
+    if cfg.out is None:
+        cfg.out = f"runs/{cfg.dataset}-{cfg.model}-{cfg.optimizer}-rho{cfg.rho:g}-lr{cfg.lr:g}-s{cfg.seed}"
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = train_config(args)
+    result = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"{result['status']}: final test accuracy {result.get('final_test_acc')}, "
+            f"{result['seconds']:.1f} s; wrote {cfg.out}/metrics.csv, checkpoint.pt, summary.json"
+        )
+    return 0
+
+
+def _print_claims(result: Mapping[str, Any]) -> None:
     for c in result["claims"]:
-        print(f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['id']}: {c['statement']} — measured {c['measured']}")
+        print(
+            f"  [{c.get('verdict', 'PASS' if c['passed'] else 'FAIL')}] {c['id']}: {c['statement']} — measured {c['measured']}"
+        )
 
 
-def _run(names: Sequence[str], preset: str, out: Path, overrides: Sequence[str], progress: bool) -> int:
-    from samkit.experiments import get
-    from samkit.experiments.base import PRESETS, ConfigError
-    from samkit.experiments.runner import ensure_writable, run_experiment
-    from samkit.report import summary, write_report
-
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    exps = [get(n) for n in names]
-    configs = [e.config(preset, overrides) for e in exps]  # validate every override before any work
-    ensure_writable(out)
-    t0 = time.perf_counter()
-    results = []
-    for exp, cfg in zip(exps, configs):
-        res = run_experiment(exp, preset, out, overrides, progress=progress, config=cfg)
-        run = res["run"]
-        print(f"{exp.name} ({exp.title}): {run['seconds']:.1f} s, {run['units']} units, {run['units_cached']} cached")
-        _print_claims(res)
-        results.append(res)
-    paths = write_report(out)
+def _exit_code(results: Sequence[Mapping[str, Any]], failures: Sequence[Failure]) -> int:
+    if failures:
+        return 3
     passed, total = summary(results)
-    print(f"{passed}/{total} claims PASS in {time.perf_counter() - t0:.1f} s; report: {paths[0]} and {paths[1]}")
     return 0 if passed == total else 1
 
 
-def _report(directory: Path) -> int:
-    from samkit.experiments import get
-    from samkit.experiments.base import ConfigError
-    from samkit.experiments.runner import ensure_writable, finalize, read_json
-    from samkit.report import summary, write_report
+def _run(
+    experiments: Sequence[str],
+    preset: str,
+    out: Path,
+    overrides: Sequence[str],
+    progress: bool,
+    args: argparse.Namespace,
+) -> int:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    exps = [get(n) for n in experiments]
+    configs = [e.config(preset, overrides) for e in exps]  # validate every override before any work
+    ensure_writable(out)
+    t0 = time.perf_counter()
 
+    def show(res: Mapping[str, Any]) -> None:
+        run = res["run"]
+        print(f"{res['experiment']} ({res['title']}): {run['seconds']:.1f} s, {run['units']} units, "
+              f"{run['units_cached']} cached", flush=True)  # fmt: skip
+        _print_claims(res)
+
+    plan = [(e, preset, list(overrides), c) for e, c in zip(exps, configs)]
+    with _executor(args) as executor:
+        results, failures = run_experiments(
+            plan, out, executor, progress=progress, on_result=show, gpus_per_unit=args.gpus_per_unit
+        )
+    for f in failures:
+        sys.stderr.write(f"samkit: error: {f.reason}\n")
+    paths = write_report(out)
+    passed, total = summary(results)
+    not_run = f"; {len(failures)} experiment(s) did not finish" if failures else ""
+    print(f"{passed}/{total} claims PASS in {time.perf_counter() - t0:.1f} s{not_run}; "
+          f"report: {paths[0]} and {paths[1]}")  # fmt: skip
+    return _exit_code(results, failures)
+
+
+def _report(directory: Path) -> int:
     if not directory.is_dir():
         raise ConfigError(f"no such results directory {str(directory)!r}")
     ensure_writable(directory)
     dirs = sorted(p.parent for p in directory.glob("*/config.json"))
     if not dirs:
         raise ConfigError(f"{str(directory)!r} holds no experiment results (run `samkit reproduce --out DIR` first)")
-    results = []
+    results, failures = [], []
     for d in dirs:
-        name = read_json(d / "config.json")["experiment"]
-        results.append(finalize(get(name), d))
+        meta = read_config(d)
+        try:
+            results.append(finalize(get(meta["experiment"]), d))
+        except DamagedDataError as err:
+            failures.append(Failure(meta["experiment"], str(err), "damaged"))
+            sys.stderr.write(f"samkit: error: {err}\n")
     paths = write_report(directory)
     passed, total = summary(results)
     print(f"{passed}/{total} claims PASS; report: {paths[0]} and {paths[1]}")
-    return 0 if passed == total else 1
+    return _exit_code(results, failures)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: (v if isinstance(v, list) else [v]) for k, v in vars(args).items() if k in fields and k != "out"}
+    grid = {k: v for k, v in values.items() if len(v) > 1}
+    fixed = {k: v[0] for k, v in values.items() if len(v) == 1}
+    if not grid:
+        raise ConfigError("samkit sweep needs at least one flag with several values, e.g. --rho 0.01,0.1,1")
+    runs = []
+    for point in expand_grid(grid):
+        cfg = TrainConfig(**fixed, **point, progress=False, quiet=True)
+        runs.append(SweepRun(run_name(point), point, cfg))
+    out = ensure_writable(Path(args.out))
+    with _executor(args) as executor:
+        rows = run_sweep(runs, out, executor, progress=not args.no_progress, gpus_per_run=args.gpus_per_unit)
+    bad = [r for r in rows if r["status"] == "failed"]
+    print(f"{len(rows)} runs ({len(bad)} failed); wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    return 3 if bad else 0
+
+
+def _prog(args: argparse.Namespace) -> str:
+    return "samkit train" if args.command == "train" else "samkit"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samkit`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from samkit.experiments.base import ConfigError
-
     try:
         if args.command == "list":
-            from samkit.experiments import get, names
-
             for n in names():
                 e = get(n)
                 print(f"{e.name:4s} {e.title} — {e.summary} (presets: {', '.join(e.presets)})")
             return 0
         if args.command == "run":
-            return _run([args.experiment], args.preset, Path(args.out), args.overrides, not args.no_progress)
+            return _run([args.experiment], args.preset, Path(args.out), args.overrides, not args.no_progress, args)
         if args.command == "reproduce":
-            from samkit.experiments import names
-
-            return _run(names(), args.preset, Path(args.out), [], not args.no_progress)
+            return _run(names(), args.preset, Path(args.out), [], not args.no_progress, args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "report":
             return _report(Path(args.dir))
         if args.command == "train":
-            from samkit.train import run_args
-
-            return run_args(args)
-    except ConfigError as err:
-        sys.stderr.write(f"samkit: error: {err}\n")
+            return _train(args)
+    except (ConfigError, TrainError) as err:
+        sys.stderr.write(f"{_prog(args)}: error: {err}\n")
         return 2
+    except (UnitError, DamagedDataError) as err:
+        sys.stderr.write(f"{_prog(args)}: error: {err}\n")
+        return 3
     except KeyboardInterrupt:
-        sys.stderr.write("samkit: interrupted; rerun the same command to resume from the finished units\n")
+        how = "with --resume to continue" if args.command == "train" else "to resume from the finished units"
+        sys.stderr.write(f"{_prog(args)}: interrupted; rerun the same command {how}\n")
         return 130
     return 2
 

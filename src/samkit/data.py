@@ -2,7 +2,10 @@
 
 * :func:`load_fashion_mnist` reads the four ``*-ubyte.gz`` idx files (Debian package ``dataset-fashion-mnist``,
   installed under ``/usr/share/datasets/fashion-mnist``) and checks their sha256.
-* :func:`load_cifar10` reads a user-supplied ``cifar-10-batches-py`` folder (the standard pickle format).
+* :func:`load_cifar10` reads a user-supplied ``cifar-10-batches-py`` folder (the standard pickle format) through a
+  restricted unpickler that builds only what the official batches hold (dicts, lists, strings, numbers and uint8
+  numpy arrays) and refuses every other global, so a crafted batch cannot run code; the official files' md5 sums
+  are checked first.
 * :func:`synthetic` makes a small, learnable, seeded dataset for fast tests.
 * :class:`Loader` batches an :class:`ArrayDataset` deterministically: the order comes from a
   :class:`torch.utils.data.DistributedSampler` (``seed`` + epoch; one replica unless running under DDP), and
@@ -42,6 +45,7 @@ __all__ = [
     "ENV_VAR",
     "DEFAULT_FASHION_MNIST_DIR",
     "FASHION_MNIST_SHA256",
+    "CIFAR10_MD5",
     "DataError",
     "ArrayDataset",
     "Loader",
@@ -68,6 +72,17 @@ FASHION_MNIST_SHA256 = {
     "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
     "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
+#: md5 of the six batches of the official ``cifar-10-python.tar.gz`` (the sums torchvision checks; the dataset's
+#: authors publish no sha256).
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _FASHION_MEAN, _FASHION_STD = (0.2860,), (0.3530,)
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 _FASHION_HOWTO = (
@@ -141,11 +156,7 @@ class ArrayDataset:
 # ---------------------------------------------------------------------------------------------------- files
 def sha256_file(path: str | os.PathLike) -> str:
     """The hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _digest(Path(path), "sha256")
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -184,20 +195,30 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, default: str | None = N
     return Path(default) if default is not None else None
 
 
-_VERIFIED: dict[tuple[str, int, int], str] = {}
+_VERIFIED: dict[tuple[str, str, int, int], str] = {}
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    """The hex digest of a file, cached per (path, size, mtime) so that a file is hashed once per process."""
+    st = path.stat()
+    key = (algorithm, str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        h = hashlib.new(algorithm, usedforsecurity=False)
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _VERIFIED[key] = h.hexdigest()
+    return _VERIFIED[key]
 
 
 def _verify(path: Path, expected: str) -> None:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    got = _VERIFIED.get(key) or sha256_file(path)
+    got = _digest(path, "sha256")
     if got != expected:
         raise DataError(
             f"checksum mismatch for {path}: sha256 {got} but expected {expected}; the file is corrupt or not the "
             f"official Fashion-MNIST. Reinstall it (`sudo apt-get install --reinstall dataset-fashion-mnist`) or "
             "replace the file"
         )
-    _VERIFIED[key] = got
 
 
 def _find_fashion_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -235,39 +256,94 @@ def load_fashion_mnist(
     return out[0], out[1]
 
 
+def _ndarray_reconstruct() -> object:
+    # numpy's own array-rebuilding function, whatever module numpy 1.x / 2.x keeps it in
+    return np.empty(0).__reduce__()[0]
+
+
+#: The only globals a CIFAR-10 batch refers to: numpy's array reconstruction (``_reconstruct(ndarray, shape,
+#: dtype)`` and the dtype), under numpy 1.x and 2.x names. Everything else is dicts, lists, strings and numbers.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _ndarray_reconstruct(),
+    ("numpy._core.multiarray", "_reconstruct"): _ndarray_reconstruct(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds only what an official CIFAR-10 batch holds; any other global is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> object:
+        found = _CIFAR_GLOBALS.get((module, name))
+        if found is None:
+            raise _Refused(f"{module}.{name}")
+        return found
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"cannot read CIFAR-10 batch {path}: {err}") from None
+            d = _CifarUnpickler(fh, encoding="bytes").load()
+    except _Refused as err:
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: it asks to load {err}, which a CIFAR-10 batch never holds "
+            "(refused; nothing in it was run)"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any failure to decode an untrusted file is the same one-line error
+        raise DataError(
+            f"cannot read CIFAR-10 batch {path}: the file is truncated or corrupt ({type(err).__name__})"
+        ) from None
     if not isinstance(d, dict):
-        raise DataError(f"{path} is not a CIFAR-10 batch (expected a pickled dict)")
+        raise DataError(f"{path} is not a CIFAR-10 batch (expected a pickled dict, got {type(d).__name__})")
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
     if "data" not in d or "labels" not in d:
-        raise DataError(f"{path} is not a CIFAR-10 batch (keys {sorted(d)}; expected 'data' and 'labels')")
-    x = np.asarray(d["data"], dtype=np.uint8)
-    y = np.asarray(d["labels"], dtype=np.int64)
-    if x.ndim != 2 or x.shape[1] != 3072 or x.shape[0] != y.shape[0]:
-        raise DataError(f"{path}: data of shape {x.shape} and {y.shape[0]} labels; expected (N, 3072) and N")
+        raise DataError(f"{path} is not a CIFAR-10 batch (keys {sorted(map(str, d))}; expected 'data' and 'labels')")
+    x, labels = d["data"], d["labels"]
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        what = f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise DataError(f"{path}: 'data' is a {what}; expected a uint8 array of shape (N, 3072)")
+    if not isinstance(labels, (list, np.ndarray)) or not all(isinstance(v, (int, np.integer)) for v in labels):
+        raise DataError(f"{path}: 'labels' must be a list of integers")
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if x.shape[0] != y.shape[0] or (y.size and (y.min() < 0 or y.max() > 9)):
+        raise DataError(f"{path}: {x.shape[0]} images and {y.shape[0]} labels; expected as many labels in 0..9")
     return x.reshape(-1, 3, 32, 32), y
 
 
-def load_cifar10(data_dir: str | os.PathLike | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+def _verify_cifar(path: Path) -> None:
+    got, expected = _digest(path, "md5"), CIFAR10_MD5[path.name]
+    if got != expected:
+        raise DataError(
+            f"{path} is not a known CIFAR-10 file: its md5 is {got}, the official {path.name} has {expected} "
+            f"(corrupt, or not from cifar-10-python.tar.gz of {_CIFAR_URL}); replace it, or pass verify=False "
+            "(samkit train --no-verify-data) to read it anyway through the restricted reader"
+        )
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike | None = None, *, verify: bool = True
+) -> tuple[ArrayDataset, ArrayDataset]:
     """CIFAR-10 as ``(train, test)`` from a folder in the standard ``cifar-10-batches-py`` pickle format.
 
     ``data_dir`` (or ``$SAMKIT_DATA_DIR``) is either that folder or its parent. CIFAR-10 cannot be downloaded
     by samkit: get ``cifar-10-python.tar.gz`` from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it.
-    The files are pickles: only load a copy you trust.
+    Each batch's md5 must be the official one (:data:`CIFAR10_MD5`; ``verify=False`` skips the check, e.g. for a
+    re-made copy). Either way the batches are read by a restricted unpickler that refuses any global but numpy's
+    array reconstruction: a crafted batch raises :class:`DataError` and runs nothing.
     """
     base = resolve_data_dir(data_dir)
     howto = (
-        "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and pass "
+        f"download cifar-10-python.tar.gz from {_CIFAR_URL}, unpack it and pass "
         f"--data-dir DIR (the folder holding cifar-10-batches-py) or set {ENV_VAR}=DIR"
     )
     if base is None:
         raise DataError(f"CIFAR-10 needs a data directory: {howto}")
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    names = list(CIFAR10_MD5)
     root = None
     for cand in (base, base / "cifar-10-batches-py"):
         if all((cand / n).is_file() for n in names):
@@ -275,10 +351,13 @@ def load_cifar10(data_dir: str | os.PathLike | None = None) -> tuple[ArrayDatase
             break
     if root is None:
         raise DataError(f"CIFAR-10 not found in {base} (expected data_batch_1..5 and test_batch): {howto}")
-    parts = [_read_cifar_batch(root / n) for n in names[:5]]
-    xtr = np.concatenate([p[0] for p in parts])
-    ytr = np.concatenate([p[1] for p in parts])
-    xte, yte = _read_cifar_batch(root / "test_batch")
+    if verify:
+        for n in names:
+            _verify_cifar(root / n)
+    parts = [_read_cifar_batch(root / n) for n in names]
+    xtr = np.concatenate([p[0] for p in parts[:5]])
+    ytr = np.concatenate([p[1] for p in parts[:5]])
+    xte, yte = parts[5]
     mk = lambda x, y: ArrayDataset(  # noqa: E731
         torch.from_numpy(x.copy()), torch.from_numpy(y), "cifar10", 10, _CIFAR_MEAN, _CIFAR_STD
     )
@@ -314,13 +393,13 @@ def synthetic(
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, **synthetic_kwargs: int
+    name: str, data_dir: str | os.PathLike | None = None, *, verify: bool = True, **synthetic_kwargs: int
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    """``(train, test)`` of a dataset by name (see :data:`DATASETS`)."""
+    """``(train, test)`` of a dataset by name (see :data:`DATASETS`); ``verify`` checks the files' checksums."""
     if name == "fashion-mnist":
-        return load_fashion_mnist(data_dir)
+        return load_fashion_mnist(data_dir, verify=verify)
     if name == "cifar10":
-        return load_cifar10(data_dir)
+        return load_cifar10(data_dir, verify=verify)
     if name == "synthetic":
         return synthetic(**synthetic_kwargs)  # type: ignore[arg-type]
     raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")

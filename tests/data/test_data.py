@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import gzip
-import pickle
+import hashlib
+import shutil
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cifar_files import py2_pickle, write_folder
 
 from samkit import data as D
-from samkit.models import build_model
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:
@@ -83,28 +84,66 @@ def test_real_fashion_mnist(monkeypatch):
     assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1) < 0.1
 
 
-def _write_cifar(root: Path, n: int = 6) -> None:
-    rng = np.random.default_rng(1)
-    root.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
-        with open(root / name, "wb") as fh:
-            pickle.dump(d, fh)
-
-
-def test_cifar10_reader_on_a_tiny_file_in_the_standard_format(tmp_path, monkeypatch):
+def test_cifar10_reader_on_tiny_files_in_the_official_format(tmp_path, monkeypatch):
     monkeypatch.delenv(D.ENV_VAR, raising=False)
-    _write_cifar(tmp_path / "cifar-10-batches-py", n=6)
-    train, test = D.load_cifar10(tmp_path)
+    written = write_folder(tmp_path / "cifar-10-batches-py", n=6)
+    train, test = D.load_cifar10(tmp_path, verify=False)
     assert train.images.shape == (30, 3, 32, 32) and test.images.shape == (6, 3, 32, 32)
-    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as fh:
-        raw = pickle.load(fh, encoding="bytes")
-    # channel-first layout of the standard format: the first 1024 bytes are the red plane
-    assert train.images[0, 0].flatten().tolist() == raw[b"data"][0, :1024].tolist()
+    assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
+    # channel-first layout of the official format: the first 1024 bytes are the red plane, row-major
+    raw = written["data_batch_1"][b"data"]
+    assert train.images[0, 0].flatten().tolist() == raw[0, :1024].tolist()
+    assert train.images[0, 2, 31].tolist() == raw[0, 3072 - 32 :].tolist()
+    assert train.labels[:6].tolist() == written["data_batch_1"][b"labels"]
+    assert train.labels[6:12].tolist() == written["data_batch_2"][b"labels"]  # the batches in order
+    assert test.labels.tolist() == written["test_batch"][b"labels"]
     with pytest.raises(D.DataError, match="cifar-10-python.tar.gz"):
         D.load_cifar10(tmp_path / "nothing")
     with pytest.raises(D.DataError, match="needs a data directory"):
         D.load_cifar10(None)
+
+
+def test_cifar10_files_are_checked_against_the_official_md5(tmp_path, monkeypatch):
+    root = tmp_path / "cifar-10-batches-py"
+    write_folder(root, n=2)
+    with pytest.raises(D.DataError) as err:
+        D.load_cifar10(tmp_path)
+    msg = str(err.value)
+    assert "data_batch_1 is not a known CIFAR-10 file" in msg and D.CIFAR10_MD5["data_batch_1"] in msg
+    assert "verify=False" in msg and "\n" not in msg
+    sums = {n: hashlib.md5((root / n).read_bytes()).hexdigest() for n in D.CIFAR10_MD5}
+    monkeypatch.setattr(D, "CIFAR10_MD5", sums)  # as if these were the official files: they load verified
+    assert len(D.load_cifar10(root)[0]) == 10
+    changed = tmp_path / "changed"
+    shutil.copytree(root, changed)
+    raw = bytearray((root / "test_batch").read_bytes())
+    raw[len(raw) // 2] ^= 1  # one bit of one pixel
+    (changed / "test_batch").write_bytes(bytes(raw))
+    with pytest.raises(D.DataError, match="test_batch is not a known CIFAR-10 file"):
+        D.load_cifar10(changed)
+    assert len(D.load_cifar10(changed, verify=False)[1]) == 2  # still a well-formed batch
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "'data' is a float32 array"),
+        ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, r"shape \(2, 100\); expected a uint8"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}, "labels in 0..9"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["a", "b"]}, "list of integers"),
+        ({b"labels": [0]}, "expected 'data' and 'labels'"),
+        ([1, 2], "expected a pickled dict, got list"),
+    ],
+)
+def test_malformed_cifar10_batches_are_one_line_errors(tmp_path, payload, message):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(py2_pickle(payload))
+    with pytest.raises(D.DataError, match=message) as err:
+        D._read_cifar_batch(path)
+    assert "\n" not in str(err.value)
+    path.write_bytes(py2_pickle(payload)[: len(py2_pickle(payload)) // 2])  # truncated
+    with pytest.raises(D.DataError, match="truncated or corrupt"):
+        D._read_cifar_batch(path)
 
 
 def test_loader_is_deterministic_covers_the_data_and_reshuffles_per_epoch():
@@ -130,26 +169,66 @@ def test_distributed_shards_are_disjoint_and_cover_the_data():
     assert sorted(torch.cat(ev).tolist()) == list(range(40))
 
 
-def test_crop_flip_augmentation():
-    g = torch.Generator().manual_seed(0)
-    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6) + 1
-    out = D.augment_crop_flip(x, g, padding=0)  # no padding: only flips
-    for i in range(2):
-        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
-    g = torch.Generator().manual_seed(1)
-    out = D.augment_crop_flip(x.repeat(64, 1, 1, 1), g, padding=4)
-    # every output is a (possibly flipped) 6x6 window of the zero-padded image
-    assert out.shape == (128, 1, 6, 6) and (out == 0).any() and len({o.sum().item() for o in out}) > 5
-    ds = D.ArrayDataset(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8))
-    l1 = [x for x, _ in D.Loader(ds, 4, shuffle=True, augment=True, seed=5)]
-    l2 = [x for x, _ in D.Loader(ds, 4, shuffle=True, augment=True, seed=5)]
-    assert all(torch.equal(a, b) for a, b in zip(l1, l2))
+def _placements(out: torch.Tensor, image: torch.Tensor, padding: int) -> list[tuple[int, int, bool]]:
+    """Every (row offset, column offset, flipped) with which ``out`` is a window of the zero-padded ``image``."""
+    h, w = image.shape[-2:]
+    padded = torch.nn.functional.pad(image, (padding,) * 4)
+    windows = {
+        (oy, ox): padded[..., oy : oy + h, ox : ox + w]
+        for oy in range(2 * padding + 1)
+        for ox in range(2 * padding + 1)
+    }
+    return [
+        (oy, ox, f)
+        for (oy, ox), win in windows.items()
+        for f in (False, True)
+        if torch.equal(out, win.flip(-1) if f else win)
+    ]
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet20"])
-@pytest.mark.parametrize("shape", [(1, 28), (3, 32)])
-def test_models_shapes(name, shape):
-    c, s = shape
-    torch.manual_seed(0)
-    model = build_model(name, in_channels=c, image_size=s, num_classes=10)
-    assert model(torch.zeros(2, c, s, s)).shape == (2, 10)
+def _placement(out: torch.Tensor, image: torch.Tensor, padding: int) -> tuple[int, int, bool]:
+    found = _placements(out, image, padding)
+    assert len(found) == 1, found  # distinct positive pixel values: exactly one window matches
+    return found[0]
+
+
+def test_crop_flip_is_an_exact_window_of_the_zero_padded_image_with_seeded_uniform_choices():
+    image = torch.arange(1, 2 * 6 * 6 + 1, dtype=torch.float32).reshape(2, 6, 6)  # distinct, nonzero pixels
+    n, p = 2000, 2
+    out = D.augment_crop_flip(image.expand(n, 2, 6, 6), torch.Generator().manual_seed(0), padding=p)
+    placements = [_placement(o, image, p) for o in out]
+    # the mirror is exact: the flipped identity window is image.flip(-1) itself
+    identity, mirror = out[placements.index((p, p, False))], out[placements.index((p, p, True))]
+    assert torch.equal(identity, image) and torch.equal(mirror, image.flip(-1))
+    # a corner crop shifts the image by p and fills the uncovered rows and columns with zeros
+    corner = out[placements.index((0, 0, False))]
+    assert torch.equal(corner[:, :p], torch.zeros(2, p, 6)) and torch.equal(corner[:, :, :p], torch.zeros(2, 6, p))
+    assert torch.equal(corner[:, p:, p:], image[:, : 6 - p, : 6 - p])
+    # flips with probability 1/2, the 25 offsets uniformly (bounds: > 4.5 standard deviations)
+    flips = sum(f for _, _, f in placements) / n
+    assert abs(flips - 0.5) < 0.05
+    counts = torch.zeros(2 * p + 1, 2 * p + 1)
+    for oy, ox, _ in placements:
+        counts[oy, ox] += 1
+    assert counts.min() > n / 25 - 40 and counts.max() < n / 25 + 40
+    # the randomness comes only from the generator
+    again = D.augment_crop_flip(image.expand(n, 2, 6, 6), torch.Generator().manual_seed(0), padding=p)
+    other = D.augment_crop_flip(image.expand(n, 2, 6, 6), torch.Generator().manual_seed(1), padding=p)
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    # padding 0: only flips, each image either itself or its exact mirror
+    flipped_only = D.augment_crop_flip(image.expand(8, 2, 6, 6), torch.Generator().manual_seed(2), padding=0)
+    assert {_placement(o, image, 0) for o in flipped_only} == {(0, 0, False), (0, 0, True)}
+
+
+def test_loader_augments_uint8_images_before_normalizing_and_reseeds_per_epoch():
+    images = torch.randint(1, 256, (4, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ds = D.ArrayDataset(images, torch.arange(4), mean=(0.5,), std=(0.25,))
+    loader = D.Loader(ds, 4, shuffle=True, augment=True, seed=5)
+    (x, y), order = next(iter(loader)), loader.indices()
+    assert torch.equal(y, order)
+    pixels = torch.round((x * 0.25 + 0.5) * 255).to(torch.uint8)  # undo the normalization
+    assert all(_placements(out, images[i], 4) for out, i in zip(pixels, order))  # windows of the padded images
+    assert not torch.equal(pixels, images[order])  # and not all of them the identity
+    assert torch.equal(next(iter(D.Loader(ds, 4, shuffle=True, augment=True, seed=5)))[0], x)
+    loader.set_epoch(1)
+    assert not torch.equal(next(iter(loader))[0], x)

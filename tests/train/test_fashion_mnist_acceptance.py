@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from samkit.cli import main as samkit_main
 from samkit.data import DEFAULT_FASHION_MNIST_DIR, ENV_VAR
-from samkit.train import main
 
 pytestmark = pytest.mark.skipif(
     not Path(DEFAULT_FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").exists(),
@@ -38,7 +38,7 @@ def test_mlp_two_epochs_reaches_85_percent(tmp_path, monkeypatch):
     out = tmp_path / "mlp"
     argv = ["--dataset", "fashion-mnist", "--model", "mlp", "--optimizer", "sam", "--epochs", "2",
             "--threads", "1", "--no-progress", "--quiet", "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    assert samkit_main(["train", *argv]) == 0
     _check(out, 0.85)
 
 
@@ -51,5 +51,5 @@ def test_readme_command_small_cnn_one_epoch_reaches_85_percent(tmp_path, monkeyp
     out = tmp_path / "cnn"
     argv = ["--dataset", "fashion-mnist", "--model", "cnn", "--optimizer", "sam", "--epochs", "1",
             "--no-progress", "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    assert samkit_main(["train", *argv]) == 0
     _check(out, 0.85)

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, get_args, get_origin
 import numpy as np
 
 from samkit import _checks
+from samkit._io import jsonable as _jsonable  # one JSON-safe converter (re-exported for the runner)
 
 __all__ = [
     "PRESETS",
@@ -405,25 +406,6 @@ def read_table(path: Path) -> Table:
         return Table([{k: _convert(v) for k, v in row.items()} for row in csv.DictReader(fh)])
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        x = float(obj)
-        return x if math.isfinite(x) else str(x)
-    if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
-    return obj
-
-
 class Experiment:
     """Base class of the paper's experiments; subclass and register with :func:`samkit.experiments.register`.
 
@@ -441,6 +423,9 @@ class Experiment:
     version: ClassVar[int] = 1
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     schema: ClassVar[dict[str, Param]] = {}
+    #: True when units train with torch on ``device="auto"`` (CUDA when visible): such units get a GPU share on
+    #: executors that schedule GPUs (``--executor ray --gpus-per-unit F``).
+    device_units: ClassVar[bool] = False
 
     def config(self, preset: str = "quick", overrides: Iterable[str] = ()) -> dict[str, Any]:
         """The config of ``preset`` with ``key=value`` overrides applied, checked by :meth:`check_config`."""
@@ -501,6 +486,21 @@ class Experiment:
     def figures(self, config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
         """Draw the figures into ``fig_dir`` from the tables read back from disk."""
         raise NotImplementedError
+
+    def missing(self, config: Mapping[str, Any]) -> str | None:
+        """What this experiment needs and cannot find (e.g. a dataset), or ``None`` when it can run.
+
+        Checked for every experiment before the first unit of a run starts, so a missing prerequisite is reported
+        at once instead of stopping a long run half way.
+        """
+        return None
+
+    def resources(self, params: Mapping[str, Any]) -> dict[str, float]:
+        """The resources one unit needs, as Ray resource requests (``num_cpus``, ``num_gpus``; fractions allowed).
+
+        The default is one CPU; a unit that trains with torch may ask for a GPU share when CUDA is there.
+        """
+        return {"num_cpus": 1}
 
 
 def _short(value: Any, limit: int = 4) -> str:

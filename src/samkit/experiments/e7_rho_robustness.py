@@ -141,6 +141,7 @@ class RhoRobustness(Experiment):
         "SAM and USAM at a fixed learning rate over a ρ grid spanning three decades (several seeds) and over the "
         "learning rate at a fixed ρ: test accuracy, divergence and final top Hessian eigenvalue."
     )
+    device_units = True
     presets = {
         "tiny": _preset(
             dataset="synthetic",
@@ -273,7 +274,6 @@ class RhoRobustness(Experiment):
                 "top_eigenvalue": _num(r["top_eigenvalue"]),
                 "final_grad_norm": _num(r["curve_grad_norm"][-1]) if r["curve_grad_norm"] else nan,
                 "final_eps_norm": _num(r["curve_eps_norm"][-1]) if r["curve_eps_norm"] else nan,
-                "seconds": r["seconds"],
             }
             runs.append(row)
             for i, ep in enumerate(r["epochs"]):

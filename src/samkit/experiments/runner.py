@@ -2,44 +2,57 @@
 
 Layout of an experiment's output directory ``OUT/<name>/``::
 
-    config.json        the resolved config, its hash, the preset and the overrides
-    units/KEY-HASH.json one file per finished work unit (HASH covers the experiment, its version and the
-                        unit's parameters): a rerun skips every unit whose file exists, so an interrupted
-                        run resumes where it stopped
+    units/KEY-HASH.json one file per finished work unit (HASH covers the experiment, its version, the source code
+                        that computes it and the unit's parameters): a rerun skips every unit whose file
+                        exists, so an interrupted run resumes where it stopped
     data/TABLE.csv     tidy tables built from the unit results
-    figures/*.png      figures drawn from the CSV files (read back from disk)
+    config.json        written once every unit is in: the resolved config, its hash, the preset, the overrides
+                        and the row count and sha256 of each table — the commit point that ties the data to
+                        the config that produced it (a failed run leaves the previous config and data intact)
+    figures/*.png      figures drawn from the CSV files (read back from disk, checked against config.json)
     result.json        claims with verdicts, figures with captions, provenance, timings
+    failure.json       only when the last run of this experiment did not finish (why)
+    .lock              held while a run writes here (a second run on the same folder is refused)
 
 Every write goes to a temporary file in the same directory and is renamed into place, so a killed run
-never leaves a half-written file behind.
+never leaves a half-written file behind. Units run wherever the executor puts them
+(:mod:`samkit.experiments.executors`); only this process writes.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
-import csv
-import io
+import fcntl
+import hashlib
+import importlib.util
+import inspect
 import json
 import os
 import platform
+import re
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samkit._io import atomic_write_text
+from samkit._io import atomic_write_text, csv_text, write_csv
 from samkit.experiments.base import (
     Claim,
     ConfigError,
     Experiment,
     Figure,
     Table,
+    Unit,
     _jsonable,
     read_table,
     stable_hash,
 )
+from samkit.experiments.executors import Executor, InlineExecutor, Task
 
 __all__ = [
     "atomic_write_text",
@@ -50,8 +63,19 @@ __all__ = [
     "unit_hash",
     "ensure_writable",
     "run_experiment",
+    "run_experiments",
     "finalize",
+    "load_tables",
+    "read_config",
+    "code_fingerprint",
+    "folder_lock",
+    "safe_name",
+    "csv_text",
     "ExperimentResult",
+    "Failure",
+    "UnitError",
+    "LockedError",
+    "DamagedDataError",
 ]
 
 
@@ -61,25 +85,14 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON file."""
-    with open(path) as fh:
-        return json.load(fh)
-
-
-def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Atomically write tidy rows as CSV; the header is the union of keys in first-seen order."""
-    rows = [dict(r) for r in rows]
-    fields: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in fields:
-                fields.append(k)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+    """Read a JSON file; a missing, unreadable or damaged one is a :class:`ConfigError` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{str(path)!r} is not readable JSON ({type(err).__name__}: {err})") from None
 
 
 def _git_commit() -> str | None:
@@ -128,23 +141,102 @@ def provenance(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def _threads():
-    """Run a unit on ``SAMKIT_THREADS`` torch threads (default 1): small float64 problems run fastest and most
-    predictably single-threaded on a shared machine, and a fixed thread count keeps results bit-identical."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(os.environ.get("SAMKIT_THREADS", "1"))))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def unit_hash(exp: Experiment, params: Mapping[str, Any]) -> str:
-    """The cache key of a unit: the experiment's name and version and the unit's parameters."""
-    return stable_hash({"experiment": exp.name, "version": exp.version, "params": dict(params)})
+    """The cache key of a unit: the experiment's name, version and code fingerprint, and the unit's parameters.
+
+    The fingerprint (:func:`code_fingerprint`) covers the source of the experiment's module and of every samkit
+    module it imports, so editing the code that computes a unit recomputes it instead of reusing a stale result.
+    """
+    return stable_hash(
+        {"experiment": exp.name, "version": exp.version, "code": code_fingerprint(exp), "params": dict(params)}
+    )
+
+
+#: Modules that orchestrate or present results but cannot change what a unit computes.
+_NOT_COMPUTING = frozenset(
+    {
+        "samkit.experiments.runner",
+        "samkit.experiments.executors",
+        "samkit.experiments.plotting",
+        "samkit.report",
+        "samkit.cli",
+        "samkit._io",
+    }
+)
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def _samkit_imports(tree: ast.AST, module: str | None) -> set[str]:
+    """The ``samkit.*`` modules a parsed module imports (absolute and relative imports, ``from pkg import mod``)."""
+    found: set[str] = set()
+    pkg = module.rsplit(".", 1)[0] if module else ""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "samkit")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+                base = ".".join(p for p in parts + ([base] if base else []) if p)
+            if base.split(".")[0] != "samkit":
+                continue
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return found
+
+
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def code_fingerprint(exp: Experiment) -> str:
+    """A hash of the source code that computes ``exp``'s units.
+
+    The file that defines the experiment's class and, transitively, every ``samkit`` module it imports (found by
+    reading the import statements), except the modules that only orchestrate or present (:data:`_NOT_COMPUTING`).
+    Computed once per experiment class and process.
+    """
+    cls = type(exp)
+    ident = f"{cls.__module__}.{cls.__qualname__}"
+    if ident in _FINGERPRINTS:
+        return _FINGERPRINTS[ident]
+    first = Path(inspect.getfile(cls))
+    todo: list[tuple[str | None, Path]] = [(cls.__module__, first)]
+    seen_files: set[Path] = set()
+    seen_mods: set[str] = set()
+    digest = hashlib.sha256()
+    while todo:
+        mod, path = todo.pop()
+        if path in seen_files:
+            continue
+        seen_files.add(path)
+        source = path.read_bytes()
+        digest.update(str(mod).encode() + b"\0" + hashlib.sha256(source).digest())
+        for dep in sorted(_samkit_imports(ast.parse(source), mod)):
+            if dep in seen_mods or dep in _NOT_COMPUTING:
+                continue
+            seen_mods.add(dep)
+            f = _module_file(dep)
+            if f is not None:
+                todo.append((dep, f))
+    _FINGERPRINTS[ident] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[ident]
+
+
+def safe_name(key: str) -> str:
+    """``key`` made safe as a file name inside the output folder (no separators, no leading dot).
+
+    >>> safe_name("rho=0.1/../x")
+    'rho=0.1_.._x'
+    """
+    name = re.sub(r"[^A-Za-z0-9._=+,-]", "_", str(key)).lstrip(".")
+    return name[:120] or "_"
 
 
 def ensure_writable(out: Path) -> Path:
@@ -174,6 +266,82 @@ class ExperimentResult(dict):
         return [Figure(**f) for f in self["figures"]]
 
 
+class LockedError(ConfigError):
+    """Another process is writing to the same experiment folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(exp_dir: Path) -> Iterator[None]:
+    """Hold ``EXP_DIR/.lock`` (an advisory ``flock``) for the duration of a run.
+
+    A second ``samkit run`` on the same folder gets a :class:`LockedError` at once instead of redoing the work.
+    The kernel drops the lock when its process dies, so a killed run never leaves a lock that blocks.
+    """
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    path = exp_dir / ".lock"
+    fh = open(path, "a+")  # noqa: SIM115 - held open while locked
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise LockedError(
+                f"{str(exp_dir)!r} is in use by {holder}; wait for it to finish or choose another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"samkit pid {os.getpid()} on {platform.node()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # closing releases the flock
+
+
+class UnitError(RuntimeError):
+    """One or more units of an experiment raised (their errors name the experiment, unit and parameters)."""
+
+
+@dataclass
+class Failure:
+    """An experiment that did not produce a result in this run, and why."""
+
+    experiment: str
+    reason: str
+    kind: str = "error"  # "error" (a unit raised) | "missing" (a prerequisite is missing) | "damaged"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"experiment": self.experiment, "reason": self.reason, "kind": self.kind}
+
+
+@dataclass
+class Planned:
+    """One experiment of a run: its resolved config and where it writes."""
+
+    exp: Experiment
+    preset: str
+    config: dict[str, Any]
+    overrides: list[str]
+    exp_dir: Path
+    units: list[Unit] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    remaining: int = 0
+    cached: int = 0
+    errors: list[str] = field(default_factory=list)
+    t0: float = 0.0
+
+
+def _load_cached(path: Path, h: str) -> tuple[bool, Any]:
+    """A unit file's result when it is complete and its hash matches; anything else is a cache miss."""
+    try:
+        stored = read_json(path)
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(stored, dict) or stored.get("hash") != h or not isinstance(stored.get("result"), dict):
+        return False, None
+    return True, stored["result"]
+
+
 def run_experiment(
     exp: Experiment,
     preset: str = "quick",
@@ -183,108 +351,259 @@ def run_experiment(
     progress: bool = True,
     config: Mapping[str, Any] | None = None,
     on_unit: Callable[[str, bool], None] | None = None,
+    executor: Executor | None = None,
 ) -> ExperimentResult:
     """Run ``exp`` (resuming from cached units), write its tables, then :func:`finalize` it.
 
-    ``on_unit(key, cached)`` is called after each unit (used by tests and progress reporting).
+    ``on_unit(key, cached)`` is called after each unit (used by tests and progress reporting). ``executor`` says
+    where units run (default: this process). Raises :class:`UnitError` when a unit raised (after the other units
+    finished and were saved), and the prerequisite's error when one is missing.
     """
     overrides = list(overrides)
     cfg = dict(config) if config is not None else exp.config(preset, overrides)
-    exp_dir = ensure_writable(Path(out)) / exp.name
-    t0 = time.perf_counter()
-    write_json(
-        exp_dir / "config.json",
-        {
-            "experiment": exp.name,
-            "preset": preset,
-            "overrides": overrides,
-            "config": cfg,
-            "config_hash": stable_hash(cfg),
-        },
+    results, failures = run_experiments(
+        [(exp, preset, overrides, cfg)], out, executor, progress=progress, on_unit=on_unit
     )
-    units = exp.units(cfg)
-    keys = [u.key for u in units]
-    if len(set(keys)) != len(keys):
-        raise RuntimeError(f"{exp.name}: duplicate unit keys")
-    prov = provenance(cfg)
-    results: dict[str, dict[str, Any]] = {}
-    n_cached = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    if failures:
+        f = failures[0]
+        if f.kind == "missing":
+            raise ConfigError(f.reason)
+        raise UnitError(f.reason)
+    return results[0]
 
-        bar = tqdm(total=len(units), desc=f"{exp.name} {preset}", unit="run", leave=True)
-    try:
-        for unit in units:
-            h = unit_hash(exp, unit.params)
-            path = exp_dir / "units" / f"{unit.key}-{h}.json"
-            cached = False
-            if path.exists():
-                try:
-                    stored = read_json(path)
-                    if stored.get("hash") == h:
-                        results[unit.key] = stored["result"]
-                        cached = True
-                except (OSError, ValueError, KeyError):
-                    cached = False
-            if not cached:
-                t_unit = time.perf_counter()
-                with _threads():
-                    res = exp.run_unit(unit.params)
-                res = _jsonable(res)
-                write_json(
-                    path,
-                    {
-                        "experiment": exp.name,
-                        "key": unit.key,
-                        "hash": h,
-                        "params": unit.params,
-                        "seconds": round(time.perf_counter() - t_unit, 3),
-                        "provenance": prov,
-                        "result": res,
-                    },
-                )
-                results[unit.key] = res
-            else:
-                n_cached += 1
+
+def run_experiments(
+    plan: Sequence[tuple[Experiment, str, Sequence[str], Mapping[str, Any]]],
+    out: Path | str,
+    executor: Executor | None = None,
+    *,
+    progress: bool = True,
+    on_unit: Callable[[str, bool], None] | None = None,
+    on_result: Callable[[ExperimentResult], None] | None = None,
+    gpus_per_unit: float = 0.0,
+) -> tuple[list[ExperimentResult], list[Failure]]:
+    """Run several experiments through one executor, so the units of all of them share the workers.
+
+    ``plan`` holds ``(experiment, preset, overrides, resolved config)`` tuples. Units already on disk are reused.
+    The driver (this process) alone writes: each unit's file as soon as it comes back (in whatever order), then,
+    once every unit of an experiment is in, its tables, its ``config.json`` (the commit point: the config with the
+    row counts and checksums of the tables it produced) and its ``result.json``. An experiment whose prerequisites
+    are missing (:meth:`Experiment.missing`) or one of whose units raised is reported as a :class:`Failure`
+    (and ``failure.json`` in its folder); the other experiments still finish. Ctrl-C stops the workers; finished
+    units are kept, so a rerun resumes. ``gpus_per_unit`` is added to the resource requests of the units of
+    experiments that train on a torch device (:attr:`Experiment.device_units`), for executors that schedule GPUs.
+    """
+    out = ensure_writable(Path(out))
+    executor = executor or InlineExecutor()
+    planned: list[Planned] = []
+    failures: list[Failure] = []
+    for exp, preset, overrides, cfg in plan:
+        p = Planned(exp, preset, dict(cfg), list(overrides), out / exp.name)
+        missing = exp.missing(p.config)
+        if missing:
+            failures.append(Failure(exp.name, f"{exp.name} did not run: {missing}", "missing"))
+            _write_failure(p.exp_dir, failures[-1])
+            continue
+        planned.append(p)
+    results: list[ExperimentResult] = []
+    with contextlib.ExitStack() as stack:
+        for p in planned:
+            stack.enter_context(folder_lock(p.exp_dir))
+        tasks: list[Task] = []
+        by_task: dict[int, tuple[Planned, Unit, Path, str]] = {}
+        for p in planned:
+            p.t0 = time.perf_counter()
+            p.units = p.exp.units(p.config)
+            keys = [u.key for u in p.units]
+            if len(set(keys)) != len(keys):
+                raise RuntimeError(f"{p.exp.name}: duplicate unit keys")
+            for u in p.units:
+                h = unit_hash(p.exp, u.params)
+                path = p.exp_dir / "units" / f"{safe_name(u.key)}-{h}.json"
+                hit, res = _load_cached(path, h)
+                if hit:
+                    p.results[u.key] = res
+                    p.cached += 1
+                    if on_unit is not None:
+                        on_unit(u.key, True)
+                    continue
+                needs = dict(p.exp.resources(u.params))
+                if gpus_per_unit and p.exp.device_units:
+                    needs["num_gpus"] = gpus_per_unit
+                t = Task(p.exp.name, u.key, u.params, p.exp.run_unit, needs)
+                by_task[id(t)] = (p, u, path, h)
+                tasks.append(t)
+                p.remaining += 1
+        bar = _progress_bar(len(tasks), planned) if progress and tasks else None
+        provs = {p.exp.name: provenance(p.config) for p in planned}
+        try:
+            for p in planned:
+                if p.remaining == 0:
+                    _complete(p, results, failures, on_result)
+            for outcome in executor.run(tasks):
+                p, u, path, h = by_task[id(outcome.task)]
+                if outcome.ok:
+                    write_json(
+                        path,
+                        {
+                            "experiment": p.exp.name,
+                            "key": u.key,
+                            "hash": h,
+                            "params": u.params,
+                            "seconds": outcome.seconds,
+                            "provenance": provs[p.exp.name],
+                            "result": outcome.result,
+                        },
+                    )
+                    p.results[u.key] = outcome.result
+                else:
+                    p.errors.append(outcome.error or "unknown error")
+                    _log(bar, f"samkit: error: {outcome.error.splitlines()[0] if outcome.error else ''}")
+                p.remaining -= 1
+                if bar is not None:
+                    bar.set_postfix_str(f"{p.exp.name} {u.key}"[:40])
+                    bar.update(1)
+                if on_unit is not None and outcome.ok:
+                    on_unit(u.key, False)
+                if p.remaining == 0:
+                    _complete(p, results, failures, on_result)
+        finally:
             if bar is not None:
-                bar.set_postfix_str(unit.key[:30])
-                bar.update(1)
-            if on_unit is not None:
-                on_unit(unit.key, cached)
-    finally:
-        if bar is not None:
-            bar.close()
-    tables = exp.tables(cfg, results)
+                bar.close()
+    order = {p.exp.name: i for i, p in enumerate(planned)}
+    results.sort(key=lambda r: order[r["experiment"]])
+    return results, failures
+
+
+def _log(bar: Any, text: str) -> None:
+    if bar is not None:
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
+def _progress_bar(total: int, planned: Sequence[Planned]) -> Any:
+    from tqdm.auto import tqdm
+
+    names = ", ".join(p.exp.name for p in planned)
+    tty = sys.stderr.isatty()
+    # Not a terminal (a log file, CI): a plain line now and then instead of carriage-return noise.
+    return tqdm(total=total, desc=names, unit="unit", leave=True, mininterval=0.1 if tty else 30.0, ascii=not tty)
+
+
+def _write_failure(exp_dir: Path, failure: Failure) -> None:
+    write_json(exp_dir / "failure.json", failure.to_dict())
+
+
+def _complete(
+    p: Planned,
+    results: list[ExperimentResult],
+    failures: list[Failure],
+    on_result: Callable[[ExperimentResult], None] | None,
+) -> None:
+    """Every unit of ``p`` is in: commit its tables and config, then judge and draw from the files on disk."""
+    if p.errors:
+        n = len(p.errors)
+        reason = f"{p.exp.name}: {n} unit{'s' if n > 1 else ''} failed; the first: {p.errors[0].splitlines()[0]}"
+        failures.append(Failure(p.exp.name, reason, "error"))
+        _write_failure(p.exp_dir, failures[-1])
+        return
+    ordered = {u.key: p.results[u.key] for u in p.units}  # unit order, not completion order
+    tables = p.exp.tables(p.config, ordered)
+    manifest = {}
     for name, rows in tables.items():
-        write_csv(exp_dir / "data" / f"{name}.csv", rows)
-    return finalize(
-        exp,
-        exp_dir,
-        run_info={
-            "units": len(units),
-            "units_cached": n_cached,
-            "seconds": round(time.perf_counter() - t0, 2),
+        text = csv_text(rows)
+        atomic_write_text(p.exp_dir / "data" / f"{safe_name(name)}.csv", text)
+        manifest[f"{safe_name(name)}.csv"] = {"rows": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    for stale in (p.exp_dir / "data").glob("*.csv"):
+        if stale.name not in manifest:
+            stale.unlink()
+    write_json(
+        p.exp_dir / "config.json",
+        {
+            "experiment": p.exp.name,
+            "preset": p.preset,
+            "overrides": p.overrides,
+            "config": p.config,
+            "config_hash": stable_hash(p.config),
+            "tables": manifest,
         },
     )
+    with contextlib.suppress(FileNotFoundError):
+        (p.exp_dir / "failure.json").unlink()
+    res = finalize(
+        p.exp,
+        p.exp_dir,
+        run_info={
+            "units": len(p.units),
+            "units_cached": p.cached,
+            "seconds": round(time.perf_counter() - p.t0, 2),
+        },
+    )
+    results.append(res)
+    if on_result is not None:
+        on_result(res)
 
 
-def load_tables(exp_dir: Path) -> dict[str, Table]:
-    """Read every ``data/*.csv`` of an experiment directory."""
-    return {p.stem: read_table(p) for p in sorted((Path(exp_dir) / "data").glob("*.csv"))}
+class DamagedDataError(ConfigError):
+    """A table on disk does not match what the run that wrote it recorded (truncated, edited, missing)."""
+
+
+def read_config(exp_dir: Path) -> dict[str, Any]:
+    """Read and check ``EXP_DIR/config.json``: a clear :class:`ConfigError` when it is missing or damaged."""
+    path = Path(exp_dir) / "config.json"
+    meta = read_json(path)
+    ok = isinstance(meta, dict) and isinstance(meta.get("config"), dict) and isinstance(meta.get("experiment"), str)
+    if not ok or not isinstance(meta.get("tables"), dict):
+        raise ConfigError(
+            f"{str(path)!r} is not a complete samkit config (written by an older samkit or edited); "
+            f"rerun `samkit run {Path(exp_dir).name}`"
+        )
+    return meta
+
+
+def load_tables(exp_dir: Path, manifest: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Table]:
+    """Read the ``data/*.csv`` of an experiment directory.
+
+    With ``manifest`` (the ``tables`` of ``config.json``: file name -> rows and sha256), exactly those files are
+    read and each must match its recorded checksum and row count, else :class:`DamagedDataError` — verdicts are
+    never computed from partial or edited data.
+    """
+    data_dir = Path(exp_dir) / "data"
+    if manifest is None:
+        return {p.stem: read_table(p) for p in sorted(data_dir.glob("*.csv"))}
+    out = {}
+    for name, meta in sorted(manifest.items()):
+        path = data_dir / safe_name(name)
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            raise DamagedDataError(f"{str(path)!r} is missing; rerun `samkit run {Path(exp_dir).name}`") from None
+        table = read_table(path)
+        if hashlib.sha256(raw).hexdigest() != meta.get("sha256") or len(table) != meta.get("rows"):
+            raise DamagedDataError(
+                f"{str(path)!r} is damaged: it holds {len(table)} rows, the run recorded {meta.get('rows')} "
+                f"(checksum {'matches' if hashlib.sha256(raw).hexdigest() == meta.get('sha256') else 'differs'}); "
+                f"rerun `samkit run {Path(exp_dir).name}` to recompute it from the cached units"
+            )
+        out[path.stem] = table
+    return out
 
 
 def finalize(exp: Experiment, exp_dir: Path, run_info: Mapping[str, Any] | None = None) -> ExperimentResult:
-    """From the saved config and CSV files: compute the claims, draw the figures and write ``result.json``."""
+    """From the saved config and CSV files: compute the claims, draw the figures and write ``result.json``.
+
+    The CSV files are checked against the row counts and checksums recorded in ``config.json`` first.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     exp_dir = Path(exp_dir)
-    meta = read_json(exp_dir / "config.json")
+    meta = read_config(exp_dir)
     cfg = meta["config"]
-    data = load_tables(exp_dir)
+    data = load_tables(exp_dir, meta["tables"])
     claims = exp.claims(cfg, data)
     for c in claims:
         c.experiment = exp.name
@@ -295,7 +614,9 @@ def finalize(exp: Experiment, exp_dir: Path, run_info: Mapping[str, Any] | None 
     finally:
         plt.close("all")
     if run_info is None and (exp_dir / "result.json").exists():
-        run_info = read_json(exp_dir / "result.json").get("run")
+        with contextlib.suppress(ConfigError):
+            old = read_json(exp_dir / "result.json")
+            run_info = old.get("run") if isinstance(old, dict) else None
     result = ExperimentResult(
         {
             "experiment": exp.name,
@@ -308,7 +629,7 @@ def finalize(exp: Experiment, exp_dir: Path, run_info: Mapping[str, Any] | None 
             "run": dict(run_info or {}),
             "claims": [c.to_dict() for c in claims],
             "figures": [vars(f) for f in figures],
-            "data": [f"data/{p.name}" for p in sorted((exp_dir / "data").glob("*.csv"))],
+            "data": [f"data/{safe_name(n)}" for n in sorted(meta["tables"])],
         }
     )
     write_json(exp_dir / "result.json", result)

@@ -150,17 +150,17 @@ def _html(results: Sequence[Mapping[str, Any]]) -> str:
             info += f", overrides <code>{e(' '.join(r['overrides']))}</code>"
         info += f", config hash <code>{e(r['config_hash'])}</code>"
         if run:
-            info += f", {run.get('units', '?')} work units ({run.get('units_cached', 0)} from cache)"
+            info += f", {e(str(run.get('units', '?')))} work units ({e(str(run.get('units_cached', 0)))} from cache)"
             if run.get("seconds") is not None:
                 info += f", {run['seconds']:.1f} s"
         out.append(f"<p>{info}.</p>")
         for f in r["figures"]:
-            src = f"{name}/figures/{f['file']}"
+            src = f"./{name}/figures/{f['file']}"  # "./": a crafted name cannot become a javascript: URL
             cap = e(f["caption"])
             if f.get("claims"):
                 cap += " Supports claim(s) " + e(", ".join(f["claims"])) + "."
-            links = [f"<a href='{e(name + '/' + d)}'>{e(Path(d).name)}</a>" for d in f.get("data", [])]
-            links.append(f"<a href='{e(name)}/result.json'>result.json</a>")
+            links = [f"<a href='{e('./' + name + '/' + d)}'>{e(Path(d).name)}</a>" for d in f.get("data", [])]
+            links.append(f"<a href='./{e(name)}/result.json'>result.json</a>")
             out.append(
                 f"<figure><h3>{e(f['title'])}</h3><a href='{e(src)}'><img src='{e(src)}' alt='{e(f['title'])}'></a>"
                 f"<figcaption>{cap}<br>Data: {', '.join(links)}</figcaption></figure>"

@@ -1,0 +1,421 @@
+"""The training loop: set-up, one epoch (:func:`_run_epoch` returns an :class:`EpochStats`), evaluation, resume.
+
+A non-finite loss or gradient ends the run as ``"diverged"`` (a result, not a crash). The data order and the
+augmentation are seeded per epoch, and the checkpoint after each epoch holds the model, the optimizer, the RNG state
+and the rows so far, so a resumed run is bit-identical to an uninterrupted one on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from samkit._threads import default_threads, torch_threads
+from samkit.core import global_norm
+from samkit.data import ArrayDataset, DataError, Loader, load_dataset
+from samkit.models import build_model
+from samkit.optim import SAM, NonFiniteGradientError
+from samkit.sharpness import top_eigenvalues
+from samkit.train.config import TrainConfig, TrainError
+from samkit.train.distributed import Dist
+from samkit.train.records import CHECKPOINT_VERSION, Records, summarize
+
+__all__ = ["train", "build_optimizer", "EpochStats"]
+
+_NORMALIZATION = {"sam": "l2", "usam": "none", "unified": "unified"}
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg``: plain SGD, or :class:`samkit.SAM` around SGD with the chosen normalization.
+
+    ``model`` (the DDP wrapper when given) lets SAM keep the BatchNorm statistics of the first pass and run it
+    under ``no_sync``.
+
+    >>> opt = build_optimizer(TrainConfig(optimizer="usam", rho=0.1), torch.nn.Linear(2, 2))
+    >>> type(opt).__name__, opt.normalization
+    ('SAM', 'none')
+    """
+    sgd_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), **sgd_kwargs)
+    norm = _NORMALIZATION[cfg.optimizer]
+    return SAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=cfg.rho,
+        normalization=norm,
+        lam=cfg.lam if norm == "unified" else None,
+        model=ddp_model if ddp_model is not None else model,
+        perturbation=cfg.perturbation,
+        **sgd_kwargs,
+    )
+
+
+@dataclass
+class EpochStats:
+    """What one epoch measured, summed over its steps and over all ranks (every rank holds the same numbers).
+
+    ``loss_sum`` and ``correct`` are summed over examples (at the unperturbed weights), ``grad_norm_sum`` and
+    ``eps_norm_sum`` over steps and ranks; ``diverged`` is true when a step's loss or gradient norm was not finite
+    (that step's non-finite values are left out of the sums).
+    """
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    examples: float = 0.0
+    grad_norm_sum: float = 0.0
+    eps_norm_sum: float = 0.0
+    rank_steps: float = 0.0
+    diverged: bool = False
+
+    @classmethod
+    def from_sums(cls, sums: torch.Tensor, diverged: bool = False) -> EpochStats:
+        """From the 6 sums of :func:`_step_sums` (in that order)."""
+        return cls(*(float(v) for v in sums), diverged=diverged)
+
+    def row(self, world: int) -> dict[str, float]:
+        """The epoch's metrics: mean loss and accuracy per example, mean ‖g‖ and ‖ε‖ per step and rank."""
+        n = max(self.examples, 1.0)
+        steps = max(self.rank_steps / world, 1.0)
+        return {
+            "train_loss": float("nan") if self.diverged else self.loss_sum / n,
+            "train_acc": self.correct / n,
+            "grad_norm": self.grad_norm_sum / world / steps,
+            "eps_norm": self.eps_norm_sum / world / steps,
+        }
+
+
+@dataclass
+class _Run:
+    """The state the epochs share."""
+
+    cfg: TrainConfig
+    dist: Dist
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    loader: Loader
+    test_loader: Loader
+    sharp_batches: list[tuple[torch.Tensor, torch.Tensor]] | None
+    total_steps: int
+    step: int = 0
+
+
+def _step_sums(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on ``(x, y)``; return [loss·n, correct, n, ‖g‖, ‖ε‖, 1] of this rank (float64)."""
+    opt = run.opt
+    lr = run.cfg.lr_at(run.step, run.total_steps)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    first_logits: list[torch.Tensor] = []
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        logits = run.net(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        if not first_logits:
+            first_logits.append(logits.detach())
+        return loss
+
+    try:
+        if isinstance(opt, SAM):
+            loss = opt.step(closure)
+            gn, en = opt.last_grad_norm, opt.last_perturbation_norm
+        else:
+            loss = closure()
+            gn, en = global_norm([p.grad for p in run.model.parameters() if p.grad is not None]), None
+            opt.step()
+    except NonFiniteGradientError:
+        loss = gn = en = torch.tensor(float("nan"))
+    run.step += 1
+    correct = float((first_logits[0].argmax(1) == y).sum()) if first_logits else 0.0
+    n = y.numel()
+    return torch.tensor(
+        [float(loss.detach()) * n, correct, n, 0.0 if gn is None else float(gn), 0.0 if en is None else float(en), 1.0],
+        dtype=torch.float64,
+    )
+
+
+def _run_epoch(run: _Run, epoch: int) -> EpochStats:
+    """Train one epoch (stopping at the first non-finite step of any rank); return its :class:`EpochStats`."""
+    cfg, dist = run.cfg, run.dist
+    run.loader.set_epoch(epoch)
+    total = torch.zeros(6, dtype=torch.float64)
+    show = cfg.progress and dist.is_main
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show)
+    try:
+        for x, y in bar:
+            sums = dist.sum(_step_sums(run, x.to(dist.device), y.to(dist.device)))  # every rank sees the same sums,
+            if not (math.isfinite(float(sums[0])) and math.isfinite(float(sums[3]))):  # so all stop together
+                total += torch.nan_to_num(sums, nan=0.0, posinf=0.0, neginf=0.0)
+                return EpochStats.from_sums(total, diverged=True)
+            total += sums
+            if show:
+                bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}", refresh=False)
+    finally:
+        bar.close()
+    return EpochStats.from_sums(total)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader: Loader, dist: Dist) -> tuple[float, float]:
+    """Mean test loss and accuracy over all ranks' shards."""
+    was = model.training
+    model.eval()
+    tot = torch.zeros(3, dtype=torch.float64)
+    for x, y in loader:
+        x, y = x.to(dist.device), y.to(dist.device)
+        out = model(x)
+        tot += torch.tensor(
+            [float(F.cross_entropy(out, y, reduction="sum")), float((out.argmax(1) == y).sum()), y.numel()],
+            dtype=torch.float64,
+        )
+    model.train(was)
+    tot = dist.sum(tot)
+    n = max(float(tot[2]), 1.0)
+    return float(tot[0]) / n, float(tot[1]) / n
+
+
+def _sharpness(run: _Run) -> float:
+    """The top Hessian eigenvalue of the training loss on the fixed sharpness batches (Lanczos)."""
+    device = run.dist.device
+    batches = [(x.to(device), y.to(device)) for x, y in run.sharp_batches or []]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = top_eigenvalues(
+            run.model,
+            F.cross_entropy,
+            batches,
+            k=1,
+            method="lanczos",
+            tol=1e-3,
+            max_iter=max(2, run.cfg.sharpness_iters),
+            seed=run.cfg.seed,
+        )
+    return float(r.eigenvalues[0])
+
+
+def _load_data(cfg: TrainConfig, data: tuple[ArrayDataset, ArrayDataset] | None) -> tuple[ArrayDataset, ArrayDataset]:
+    if data is None:
+        synthetic = dict(
+            n_train=cfg.synthetic_train,
+            n_test=cfg.synthetic_test,
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            seed=cfg.seed,
+        )
+        try:
+            data = load_dataset(
+                cfg.dataset, cfg.data_dir, verify=cfg.verify_data, **(synthetic if cfg.dataset == "synthetic" else {})
+            )
+        except DataError as err:
+            raise TrainError(str(err)) from None
+    train_ds, test_ds = data
+    return train_ds.subset(cfg.subset), test_ds.subset(cfg.test_subset)
+
+
+def _setup(cfg: TrainConfig, dist: Dist, data: tuple[ArrayDataset, ArrayDataset] | None) -> _Run:
+    """Data, model (seeded), optimizer and loaders of a run."""
+    train_ds, test_ds = _load_data(cfg, data)
+    augment = cfg.augment if cfg.augment is not None else (cfg.dataset == "cifar10")
+    c, h, _ = train_ds.shape
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, in_channels=c, image_size=h, num_classes=train_ds.num_classes).to(dist.device)
+    net = dist.wrap(model)
+    opt = build_optimizer(cfg, model, net if net is not model else None)
+    loader = Loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment, drop_last=False)
+    sharp_batches = None
+    if cfg.sharpness_every:
+        fixed = Loader(train_ds, cfg.sharpness_batch_size, shuffle=True, seed=cfg.seed + 7919, num_replicas=1, rank=0)
+        sharp_batches = fixed.take(cfg.sharpness_batches)
+    return _Run(
+        cfg=cfg,
+        dist=dist,
+        model=model,
+        net=net,
+        opt=opt,
+        loader=loader,
+        test_loader=Loader(test_ds, cfg.eval_batch_size, shard_padding=False),
+        sharp_batches=sharp_batches,
+        total_steps=len(loader) * cfg.epochs,
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    data: tuple[ArrayDataset, ArrayDataset] | None = None,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train as configured; return the summary (also written to ``OUT/summary.json`` when ``cfg.out`` is set).
+
+    ``data`` may pass preloaded ``(train, test)`` :class:`~samkit.data.ArrayDataset` s (subsets still apply).
+    ``resume=True`` continues from ``OUT/checkpoint.pt`` (the config must match, except ``out``, ``progress``,
+    ``data_dir``, ``tensorboard``, ``quiet``, ``device``, ``verify_data``). ``stop_after_epoch`` stops after that
+    epoch as if interrupted (for tests). The summary also holds ``params``, the final weights (CPU copies).
+    Raises :class:`TrainError` on a bad config, missing data or an unreadable checkpoint.
+    """
+    cfg.validate()
+    if resume and not cfg.out:
+        raise TrainError("--resume needs --out (the folder of the run to continue)")
+    dist = Dist(cfg.device)
+    try:
+        try:
+            threads = cfg.threads or default_threads(dist.world)
+        except ValueError as err:
+            raise TrainError(str(err)) from None
+        with torch_threads(threads):
+            return _train(cfg, dist, resume, data, stop_after_epoch)
+    finally:
+        dist.close()
+
+
+def _checkpoint_to_resume(cfg: TrainConfig, records: Records, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to continue from (``None``: a new run); refuses a changed config or an existing run."""
+    if not resume:
+        if records.has_checkpoint():
+            raise TrainError(
+                f"{cfg.out} already holds a run (checkpoint.pt): pass --resume to continue it, or a new --out"
+            )
+        return None
+    ckpt = records.load()
+    diff = cfg.changed_from(ckpt["config"])
+    if diff:
+        parts = ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}" for k in diff)
+        raise TrainError(f"--resume: the config differs from the checkpoint's ({parts}); use the same flags")
+    return ckpt
+
+
+def _epoch_row(run: _Run, epoch: int, stats: EpochStats, t0: float) -> dict[str, Any]:
+    """The epoch's row of ``metrics.csv``: training stats, then (unless diverged) test metrics and sharpness."""
+    cfg = run.cfg
+    row: dict[str, Any] = {"epoch": epoch + 1, "step": run.step, "lr": cfg.lr_at(run.step, run.total_steps)}
+    row.update(stats.row(run.dist.world))
+    if stats.diverged:
+        row.update(test_loss=float("nan"), test_acc=float("nan"), status="diverged")
+    else:
+        row["test_loss"], row["test_acc"] = _evaluate(run.model, run.test_loader, run.dist)
+        if run.sharp_batches is not None and ((epoch + 1) % cfg.sharpness_every == 0 or epoch + 1 == cfg.epochs):
+            row["top_eigenvalue"] = _sharpness(run) if run.dist.is_main else None
+        row["status"] = "ok"
+    row["seconds"] = round(time.perf_counter() - t0, 3)  # training, evaluation and sharpness
+    return row
+
+
+def _train(
+    cfg: TrainConfig,
+    dist: Dist,
+    resume: bool,
+    data: tuple[ArrayDataset, ArrayDataset] | None,
+    stop_after_epoch: int | None,
+) -> dict[str, Any]:
+    records = Records(cfg.out, enabled=dist.is_main)
+    ckpt = _checkpoint_to_resume(cfg, records, resume)
+    if ckpt is not None and ckpt["status"] in ("completed", "diverged"):
+        if dist.is_main and not cfg.quiet:
+            print(f"run in {cfg.out} already {ckpt['status']}; nothing to do", file=sys.stderr)
+        return ckpt["summary"]
+    run = _setup(cfg, dist, data)
+    rows: list[dict[str, Any]] = []
+    start_epoch, elapsed = 0, 0.0
+    if ckpt is not None:
+        run.model.load_state_dict(ckpt["model"])
+        run.opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"])
+        rows = list(ckpt["rows"])
+        start_epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
+        elapsed = float(ckpt.get("elapsed", 0.0))
+    tb = _tensorboard(cfg, records) if dist.is_main else None
+    diverged_at: tuple[int | None, int | None] = (None, None)
+    status = "running"
+
+    def state(epoch: int, status: str) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": asdict(cfg),
+            "epoch": epoch,
+            "step": run.step,
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "rng": torch.get_rng_state(),
+            "rows": rows,
+            "elapsed": elapsed,
+            "status": status,
+            "summary": summarize(cfg, rows, status, diverged_at, elapsed, dist.world),
+        }
+
+    records.start(cfg)
+    records.write(rows, summarize(cfg, rows, status, diverged_at, elapsed, dist.world))
+    run.net.train()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            stats = _run_epoch(run, epoch)
+            row = _epoch_row(run, epoch, stats, t0)
+            elapsed += row["seconds"]
+            rows.append(row)
+            if stats.diverged:
+                diverged_at, status = (epoch + 1, run.step), "diverged"
+                if dist.is_main and not cfg.quiet:
+                    print(
+                        f"diverged: non-finite loss or gradient at epoch {epoch + 1}, step {run.step}", file=sys.stderr
+                    )
+                break
+            _report(cfg, dist, row, tb)
+            status = "completed" if epoch + 1 == cfg.epochs else "running"
+            records.write(rows, summarize(cfg, rows, status, diverged_at, elapsed, dist.world))
+            records.save(state(epoch + 1, status))
+            dist.barrier()
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and status == "running":
+                status = "interrupted"
+                break
+        summary = summarize(cfg, rows, status, diverged_at, elapsed, dist.world)
+        if status == "diverged":
+            records.write(rows, summary)
+            if records.enabled:  # keep the last finite weights (the last epoch's checkpoint), marked diverged
+                last = records.load() if records.has_checkpoint() else state(0, status)
+                records.save(dict(last, status=status, rows=rows, summary=summary))
+        dist.barrier()
+        return dict(summary, params={k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()})
+    finally:
+        if tb is not None:
+            tb.close()
+
+
+def _tensorboard(cfg: TrainConfig, records: Records) -> Any:
+    """A TensorBoard writer in ``OUT/tensorboard`` when ``--tensorboard`` is set (the package is optional)."""
+    if not (cfg.tensorboard and records.enabled):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter(str(records.out / "tensorboard"))
+
+
+def _report(cfg: TrainConfig, dist: Dist, row: dict[str, Any], tb: Any) -> None:
+    """The epoch's line on stdout (main process, unless quiet) and its TensorBoard scalars."""
+    epoch = row["epoch"]
+    if dist.is_main and not cfg.quiet:
+        eig = f", λmax {row['top_eigenvalue']:.4g}" if row.get("top_eigenvalue") is not None else ""
+        print(
+            f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
+            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}, ‖g‖ {row['grad_norm']:.3g}, "
+            f"‖ε‖ {row['eps_norm']:.3g}{eig} ({row['seconds']:.1f} s)",
+            flush=True,
+        )
+    if tb is not None:
+        for k in ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "eps_norm", "top_eigenvalue"):
+            if row.get(k) is not None:
+                tb.add_scalar(k, row[k], epoch)
