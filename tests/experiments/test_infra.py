@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from samkit.experiments import Claim, ConfigError, Experiment, Figure, Unit, apply_overrides, get, names, register
+from samkit.experiments import (
+    Claim,
+    ConfigError,
+    Experiment,
+    Figure,
+    Param,
+    Unit,
+    apply_overrides,
+    get,
+    names,
+    register,
+)
 from samkit.experiments.plotting import new_figure, save_figure
 from samkit.experiments.runner import ensure_writable, read_json, run_experiment, write_csv
 from samkit.report import write_report
@@ -21,6 +32,13 @@ class Toy(Experiment):
         "tiny": {"seed": 0, "xs": [1.0, 2.0, 3.0], "bound": 10.0, "label": "a", "fast": True},
         "quick": {"seed": 0, "xs": [1.0, 2.0, 3.0, 4.0], "bound": 10.0, "label": "a", "fast": True},
         "full": {"seed": 0, "xs": [1.0, 2.0, 3.0, 4.0, 5.0], "bound": 30.0, "label": "a", "fast": False},
+    }
+    schema = {
+        "seed": Param(int, "seed", min=0),
+        "xs": Param(list[float], "numbers to square"),
+        "bound": Param(float, "upper bound of the squares", min=0, strict=True),
+        "label": Param(str, "a label"),
+        "fast": Param(bool, "a flag"),
     }
     calls: list[float] = []
 
@@ -94,6 +112,10 @@ def test_overrides_are_typed():
     ]:
         with pytest.raises(ConfigError, match=msg):
             apply_overrides(cfg, [bad])
+    # the experiment's config() adds the schema's checks to the parser's
+    assert Toy().config("quick", ["bound=3"])["bound"] == 3.0
+    with pytest.raises(ConfigError, match=r"^TOY: bound must be a positive finite number, got -3.0$"):
+        Toy().config("quick", ["bound=-3"])
 
 
 def test_run_writes_results_with_provenance(tmp_path: Path):

@@ -21,9 +21,11 @@ from samkit.experiments.base import (
     ConfigError,
     Experiment,
     Figure,
+    Param,
     Table,
     Unit,
     apply_overrides,
+    describe,
     fmt,
     stable_hash,
 )
@@ -36,9 +38,11 @@ __all__ = [
     "ConfigError",
     "Experiment",
     "Figure",
+    "Param",
     "Table",
     "Unit",
     "apply_overrides",
+    "describe",
     "fmt",
     "stable_hash",
     "register",
@@ -75,6 +79,7 @@ def register(cls: type[Experiment]) -> type[Experiment]:
     for p, k in keys.items():
         if k != ref:
             raise ValueError(f"{cls.name}: preset {p!r} keys differ from {PRESETS[0]!r}: {sorted(k ^ ref)}")
+    cls().check_presets()
     _REGISTRY[cls.name] = cls
     return cls
 

@@ -13,6 +13,10 @@ Example:
     ('PASS', 'NOT EXERCISED')
     >>> apply_overrides({"steps": 10, "etas": [0.1, 0.2]}, ["steps=20", "etas=0.3,0.4"])
     {'steps': 20, 'etas': [0.3, 0.4]}
+
+Each experiment declares a :class:`Param` per config key (its :attr:`Experiment.schema`): the type, the allowed
+range or choices and a one-line description. :meth:`Experiment.config` checks the resolved config against it
+and raises :class:`ConfigError` naming the key, the value and what is allowed; :func:`describe` renders it.
 """
 
 from __future__ import annotations
@@ -24,16 +28,19 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args, get_origin
 
 import numpy as np
 
+from samkit import _checks
 from samkit._io import jsonable as _jsonable  # one JSON-safe converter (re-exported for the runner)
 
 __all__ = [
     "PRESETS",
     "NOT_EXERCISED",
     "ConfigError",
+    "Param",
+    "describe",
     "Claim",
     "Figure",
     "Unit",
@@ -139,6 +146,132 @@ def parse_value(text: str, like: Any, key: str = "value") -> Any:
     if isinstance(like, str):
         return text
     raise ConfigError(f"{key}: cannot be set from the command line")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One config key of an experiment: its type, the values allowed, and a one-line description.
+
+    ``kind`` is ``int``, ``float``, ``bool``, ``str`` or a list of one of them (``list[float]``, never empty).
+    A number, or every element of a list, must lie in ``[min, max]`` (``strict=True``: above ``min``, not at it)
+    and, with ``below``, under a number or under the value of the key ``below`` names; ``max`` too may name a key
+    (``r`` at most ``d``). ``choices`` lists the
+    allowed values of a ``str``; ``length`` fixes a list's length: a number, or the name of a key whose list it
+    must match.
+
+    >>> steps = Param(int, "number of steps", min=1)
+    >>> steps.check("steps", 500, {}), steps.allowed()
+    (500, '>= 1')
+    >>> steps.check("steps", 0, {})
+    Traceback (most recent call last):
+    ...
+    samkit.experiments.base.ConfigError: steps must be an integer >= 1, got 0
+    >>> Param(float, "smallest ρ", min=0, strict=True, below="rho_max").check("rho_min", 2.0, {"rho_max": 1.0})
+    Traceback (most recent call last):
+    ...
+    samkit.experiments.base.ConfigError: rho_min must be < rho_max (= 1.0), got 2.0
+    >>> Param(list[float], "start point", length="a").allowed()
+    'list of numbers; as many as a'
+    """
+
+    kind: Any
+    help: str
+    min: float | None = None
+    max: float | str | None = None
+    strict: bool = False
+    below: float | str | None = None
+    choices: tuple[str, ...] | None = None
+    length: int | str | None = None
+
+    @property
+    def item(self) -> type:
+        """The type of the value, or of each element for a list."""
+        return get_args(self.kind)[0] if self.is_list else self.kind
+
+    @property
+    def is_list(self) -> bool:
+        """Whether the value is a list."""
+        return get_origin(self.kind) is list
+
+    def type_name(self) -> str:
+        """``int``, ``float``, ``bool``, ``str`` or ``list[...]``."""
+        return f"list[{self.item.__name__}]" if self.is_list else self.item.__name__
+
+    def check(self, key: str, value: Any, config: Mapping[str, Any]) -> Any:
+        """Return ``value`` if it is allowed (``config`` holds the keys that ``below``/``length`` name), else
+        raise :class:`ConfigError` naming ``key``, the value and what is allowed."""
+        if not self.is_list:
+            return self._check_one(key, value, config)
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{key} must be a non-empty list of {self.item.__name__}, got {value!r}")
+        n = config.get(self.length) if isinstance(self.length, str) else self.length
+        n = len(n) if isinstance(n, (list, tuple)) else n
+        if n is not None and len(value) != n:
+            of = f" (as many as {self.length})" if isinstance(self.length, str) else ""
+            raise ConfigError(f"{key} must hold {n} value{'s' if n != 1 else ''}{of}, got {len(value)}: {value!r}")
+        for i, v in enumerate(value):
+            self._check_one(f"{key}[{i}]", v, config)
+        return value
+
+    def _check_one(self, key: str, value: Any, config: Mapping[str, Any]) -> Any:
+        kind = self.item
+        hi = None if isinstance(self.max, str) else self.max  # a key's value is checked below, with its name
+        try:
+            if kind is int:
+                lo = None if self.min is None else math.floor(self.min) + 1 if self.strict else math.ceil(self.min)
+                _checks.integer(value, key, minimum=lo, maximum=None if hi is None else math.floor(hi))
+            elif kind is float:
+                _checks.number(value, key, minimum=self.min, maximum=hi, strict=self.strict)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        if kind is str:
+            if not isinstance(value, str):
+                raise ConfigError(f"{key} must be a string, got {value!r}")
+            if self.choices is not None and value not in self.choices:
+                raise ConfigError(f"{key} must be one of {', '.join(self.choices)}, got {value!r}")
+        for op, limit in (("<", self.below), ("<=", self.max if isinstance(self.max, str) else None)):
+            bound = config.get(limit) if isinstance(limit, str) else limit
+            if isinstance(bound, (int, float)) and not (value < bound if op == "<" else value <= bound):
+                name = f"{limit} (= {bound!r})" if isinstance(limit, str) else f"{bound:g}"
+                raise ConfigError(f"{key} must be {op} {name}, got {value!r}")
+        return value
+
+    def allowed(self) -> str:
+        """What is allowed, in words (for :func:`describe`)."""
+        if self.item in (int, float):
+            one = self._range()
+        elif self.item is bool:
+            one = "true or false"
+        elif self.choices is not None:
+            one = " | ".join(self.choices)
+        else:
+            one = "any text"
+        if not self.is_list:
+            return one
+        what = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}[self.item]
+        each = "" if one.startswith("any") else f" each {one}"
+        text = f"list of {what}{each}"
+        if isinstance(self.length, str):
+            text += f"; as many as {self.length}"
+        elif self.length is not None:
+            text += f"; {self.length} value{'s' if self.length != 1 else ''}"
+        return text
+
+    def _range(self) -> str:
+        hi, hi_open = None, False
+        if self.below is not None:
+            hi, hi_open = (self.below if isinstance(self.below, str) else f"{self.below:g}"), True
+        elif self.max is not None:
+            hi = self.max if isinstance(self.max, str) else f"{self.max:g}"
+        if self.min is not None and hi is not None:
+            return f"{'(' if self.strict else '['}{self.min:g}, {hi}{')' if hi_open else ']'}"
+        if self.min is not None:
+            return f"{'>' if self.strict else '>='} {self.min:g}"
+        if hi is not None:
+            return f"{'<' if hi_open else '<='} {hi}"
+        return "any integer" if self.item is int else "any finite number"
 
 
 def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -286,9 +419,11 @@ class Experiment:
     """Base class of the paper's experiments; subclass and register with :func:`samkit.experiments.register`.
 
     Subclasses set ``name``, ``title``, ``summary``, ``presets`` (a dict per preset in :data:`PRESETS`,
-    all with the same keys, including ``seed``) and implement :meth:`units`, :meth:`run_unit`,
-    :meth:`tables`, :meth:`claims` and :meth:`figures`. Bump ``version`` when a change to the code makes
-    cached unit results stale.
+    all with the same keys, including ``seed``), ``schema`` (a :class:`Param` for every key of the presets;
+    rules between keys that a :class:`Param` cannot say go in :meth:`validate`) and implement :meth:`units`,
+    :meth:`run_unit`, :meth:`tables`, :meth:`claims` and :meth:`figures`. Bump ``version`` when a change to the
+    code makes cached unit results stale. An experiment without a ``schema`` gets its overrides type-checked
+    against the preset's values only (the built-in experiments all declare one).
     """
 
     name: ClassVar[str] = ""
@@ -296,15 +431,50 @@ class Experiment:
     summary: ClassVar[str] = ""
     version: ClassVar[int] = 1
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    schema: ClassVar[dict[str, Param]] = {}
     #: True when units train with torch on ``device="auto"`` (CUDA when visible): such units get a GPU share on
     #: executors that schedule GPUs (``--executor ray --gpus-per-unit F``).
     device_units: ClassVar[bool] = False
 
     def config(self, preset: str = "quick", overrides: Iterable[str] = ()) -> dict[str, Any]:
-        """The config of ``preset`` with ``key=value`` overrides applied."""
+        """The config of ``preset`` with ``key=value`` overrides applied, checked by :meth:`check_config`."""
         if preset not in self.presets:
             raise ConfigError(f"unknown preset {preset!r} for {self.name} (choose from {', '.join(self.presets)})")
-        return apply_overrides(self.presets[preset], overrides)
+        try:
+            config = apply_overrides(self.presets[preset], overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{self.name}: {err}") from None
+        self.check_config(config)
+        return config
+
+    def check_config(self, config: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigError` (prefixed with the experiment's name) unless every key of ``config`` is
+        declared in :attr:`schema` and allowed by it, and :meth:`validate` accepts the whole."""
+        try:
+            if self.schema:
+                unknown = sorted(set(config) - set(self.schema))
+                missing = sorted(set(self.schema) - set(config))
+                if unknown or missing:
+                    raise ConfigError(f"config keys not in the schema: {unknown}; schema keys missing: {missing}")
+                for key, param in self.schema.items():
+                    param.check(key, config[key], config)
+            self.validate(config)
+        except ConfigError as err:
+            raise ConfigError(f"{self.name}: {err}") from None
+
+    def validate(self, config: Mapping[str, Any]) -> None:
+        """Rules between keys that the :attr:`schema` cannot express; raise :class:`ConfigError` on a violation.
+
+        Called by :meth:`check_config` after every key passed its :class:`Param`. The first line of an override's
+        docstring is shown by :func:`describe`.
+        """
+
+    def check_presets(self) -> None:
+        """Check that the schema declares the presets' keys and every preset passes :meth:`check_config`
+        (called by :func:`samkit.experiments.register`, so a bad preset fails at import)."""
+        for preset in PRESETS:
+            if preset in self.presets:
+                self.check_config(self.presets[preset])
 
     def units(self, config: Mapping[str, Any]) -> list[Unit]:
         """Split the work of ``config`` into independent units."""
@@ -340,3 +510,53 @@ class Experiment:
         The default is one CPU; a unit that trains with torch may ask for a GPU share when CUDA is there.
         """
         return {"num_cpus": 1}
+
+
+def _short(value: Any, limit: int = 4) -> str:
+    """A config value in a few characters: numbers with ``:g``, long lists elided."""
+    if isinstance(value, (list, tuple)):
+        items = [_short(v) for v in value]
+        if len(items) > limit:
+            items = items[: limit - 1] + ["…", items[-1]]
+            return f"[{', '.join(items)}] ({len(value)})"
+        return f"[{', '.join(items)}]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe(exp: Experiment) -> str:
+    """The experiment's config keys as a text table: key, type, value in each preset, what is allowed, meaning.
+
+    Meant for ``samkit list EXP``: the way to discover the keys that ``--set KEY=VALUE`` accepts.
+
+    >>> class Demo(Experiment):
+    ...     name, title = "DEMO", "A demo"
+    ...     presets = {p: {"seed": 0, "steps": n} for p, n in (("tiny", 10), ("quick", 100), ("full", 1000))}
+    ...     schema = {"seed": Param(int, "random seed", min=0), "steps": Param(int, "number of steps", min=1)}
+    >>> print(describe(Demo()))
+    DEMO — A demo
+    key    type  tiny  quick  full  allowed  description
+    seed   int   0     0      0     >= 0     random seed
+    steps  int   10    100    1000  >= 1     number of steps
+    """
+    presets = [p for p in PRESETS if p in exp.presets] + [p for p in exp.presets if p not in PRESETS]
+    keys = list(exp.schema) or list(next(iter(exp.presets.values()), {}))
+    rows = [["key", "type", *presets, "allowed", "description"]]
+    for key in keys:
+        param = exp.schema.get(key)
+        values = [_short(exp.presets[p].get(key, "")) for p in presets]
+        if param is None:
+            like = exp.presets[presets[0]][key]
+            rows.append([key, type(like).__name__, *values, "(not declared)", ""])
+        else:
+            rows.append([key, param.type_name(), *values, param.allowed(), param.help])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [f"{exp.name} — {exp.title}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    doc = type(exp).validate.__doc__ if type(exp).validate is not Experiment.validate else None
+    if doc:
+        lines.append("also: " + " ".join(doc.strip().split("\n\n")[0].split()))
+    return "\n".join(line.rstrip() for line in lines)

@@ -15,8 +15,8 @@ import torch
 from matplotlib.ticker import NullFormatter
 
 from samkit.dynamics import ScalarFactorization, simulate, theory
-from samkit.experiments import Claim, Experiment, Figure, Table, Unit, fmt, register
-from samkit.experiments._common import logspace, tolist
+from samkit.experiments import Claim, Experiment, Figure, Param, Table, Unit, fmt, register
+from samkit.experiments._common import BLOWUP, SEED, grid_keys, logspace, mesh, tolist
 from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
 
 #: Distances below this are drawn at this value (they reach ~1e-80 numerically).
@@ -56,83 +56,105 @@ class ScalarFactorizationExp(Experiment):
         "quick": _preset(7, 15000, 7, 25, 3000),
         "full": _preset(13, 60000, 13, 61, 10000),
     }
+    schema = {
+        "seed": SEED,
+        "x0": Param(list[float], "start point (x0, y0) of the radius runs", length=2),
+        "eta": Param(float, "step size of the radius runs", min=0, strict=True),
+        **grid_keys("rho", "ρ of the radius runs", "log-spaced"),
+        "steps": Param(int, "iterations of each radius run", min=1),
+        **grid_keys("eta", "step size of the region runs", "log-spaced"),
+        **grid_keys("ratio", "ρ/η of the region runs", "log-spaced"),
+        "region_steps": Param(int, "iterations of each region run", min=1),
+        "blowup": BLOWUP,
+    }
 
+    # -- units ----------------------------------------------------------------------------------------------------
     def units(self, config: Mapping[str, Any]) -> list[Unit]:
         rhos = logspace(config["rho_min"], config["rho_max"], config["n_rho"])
         etas = logspace(config["eta_min"], config["eta_max"], config["n_eta"])
         ratios = logspace(config["ratio_min"], config["ratio_max"], config["n_ratio"])
-        units = [
-            Unit(
-                f"radius-{m}",
-                {
-                    "kind": "radius",
-                    "method": m,
-                    "x0": config["x0"],
-                    "eta": config["eta"],
-                    "rhos": rhos,
-                    "steps": config["steps"],
-                    "blowup": config["blowup"],
-                },
-            )  # fmt: skip
-            for m in ("gd", "sam", "usam")
-        ]
-        units += [
-            Unit(
-                f"region-{m}",
-                {
-                    "kind": "region",
-                    "method": m,
-                    "etas": etas,
-                    "ratios": ratios,
-                    "steps": config["region_steps"],
-                    "blowup": config["blowup"],
-                },
-            )  # fmt: skip
-            for m in ("sam", "usam")
-        ]
+        radius = {"kind": "radius", "x0": config["x0"], "eta": config["eta"], "rhos": rhos, "steps": config["steps"]}
+        region = {"kind": "region", "etas": etas, "ratios": ratios, "steps": config["region_steps"]}
+        blowup = config["blowup"]
+        units = [Unit(f"radius-{m}", {**radius, "method": m, "blowup": blowup}) for m in ("gd", "sam", "usam")]
+        units += [Unit(f"region-{m}", {**region, "method": m, "blowup": blowup}) for m in ("sam", "usam")]
         return units
 
     def run_unit(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        prob = ScalarFactorization()
-        if params["kind"] == "radius":
-            m = params["method"]
-            rhos = [0.0] if m == "gd" else params["rhos"]
-            every = max(1, params["steps"] // 500)
-            r = simulate(prob, m, eta=params["eta"], rho=rhos, x0=params["x0"], steps=params["steps"],
-                         record=("x",), record_every=every, blowup=params["blowup"])  # fmt: skip
-            norms = r.series["x"].norm(dim=2)  # [T, B]
-            tail = norms[int(0.9 * len(r.steps)) :].amax(0)
-            return {"rho": rhos, "steps": tolist(r.steps), "norm": tolist(norms.T), "tail_max_norm": tolist(tail),
-                    "x": tolist(r.series["x"][:, :, 0].T), "y": tolist(r.series["x"][:, :, 1].T),
-                    "diverged": tolist(r.diverged)}  # fmt: skip
-        etas = torch.tensor(params["etas"], dtype=torch.float64)
-        ratios = torch.tensor(params["ratios"], dtype=torch.float64)
-        E, K = torch.meshgrid(etas, ratios, indexing="ij")
-        E, K = E.reshape(-1), K.reshape(-1)
+        return self._run_radius(params) if params["kind"] == "radius" else self._run_region(params)
+
+    @staticmethod
+    def _run_radius(params: Mapping[str, Any]) -> dict[str, Any]:
+        """One method from x0 over the ρ grid: the distance to (0, 0) along the run."""
+        m = params["method"]
+        rhos = [0.0] if m == "gd" else params["rhos"]
+        r = simulate(
+            ScalarFactorization(),
+            m,
+            eta=params["eta"],
+            rho=rhos,
+            x0=params["x0"],
+            steps=params["steps"],
+            record=("x",),
+            record_every=max(1, params["steps"] // 500),
+            blowup=params["blowup"],
+        )
+        norms = r.series["x"].norm(dim=2)  # [T, B]
+        tail = norms[int(0.9 * len(r.steps)) :].amax(0)
+        return {
+            "rho": rhos,
+            "steps": tolist(r.steps),
+            "norm": tolist(norms.T),
+            "tail_max_norm": tolist(tail),
+            "x": tolist(r.series["x"][:, :, 0].T),
+            "y": tolist(r.series["x"][:, :, 1].T),
+            "diverged": tolist(r.diverged),
+        }
+
+    @staticmethod
+    def _run_region(params: Mapping[str, Any]) -> dict[str, Any]:
+        """One method over the (η, ρ/η) grid, each run from y0 = η^(−1/2), x0 = y0/2: diverged or not."""
+        E, K = mesh(params["etas"], params["ratios"])
         y0 = torch.sqrt(1.0 / E)
         x0 = torch.stack([y0 / 2, y0], 1)
-        r = simulate(prob, params["method"], eta=E, rho=E * K, x0=x0, steps=params["steps"], record=(),
-                     blowup=params["blowup"])  # fmt: skip
-        return {"eta": tolist(E), "rho": tolist(E * K), "diverged": tolist(r.diverged),
-                "diverged_at": tolist(r.diverged_at), "final_norm": tolist(r.final.norm(dim=1))}  # fmt: skip
+        r = simulate(
+            ScalarFactorization(),
+            params["method"],
+            eta=E,
+            rho=E * K,
+            x0=x0,
+            steps=params["steps"],
+            record=(),
+            blowup=params["blowup"],
+        )
+        return {
+            "eta": tolist(E),
+            "rho": tolist(E * K),
+            "diverged": tolist(r.diverged),
+            "diverged_at": tolist(r.diverged_at),
+            "final_norm": tolist(r.final.norm(dim=1)),
+        }
 
     def tables(self, config: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict]]:
         radius, traj, region = [], [], []
         for m in ("gd", "sam", "usam"):
             r = results[f"radius-{m}"]
             for i, rho in enumerate(r["rho"]):
-                radius.append({"method": m, "eta": config["eta"], "rho": rho, "diverged": r["diverged"][i],
-                               "tail_max_norm": r["tail_max_norm"][i]})  # fmt: skip
+                end = {"diverged": r["diverged"][i], "tail_max_norm": r["tail_max_norm"][i]}
+                radius.append({"method": m, "eta": config["eta"], "rho": rho, **end})
                 for s, n, x, y in zip(r["steps"], r["norm"][i], r["x"][i], r["y"][i]):
                     traj.append({"method": m, "rho": rho, "step": s, "norm": n, "x": x, "y": y})
         for m in ("sam", "usam"):
             r = results[f"region-{m}"]
-            for i in range(len(r["eta"])):
-                region.append({"method": m, "eta": r["eta"][i], "rho": r["rho"][i], "diverged": r["diverged"][i],
-                               "diverged_at": r["diverged_at"][i], "final_norm": r["final_norm"][i]})  # fmt: skip
+            cols = ("eta", "rho", "diverged", "diverged_at", "final_norm")
+            region += [{"method": m, **{c: r[c][i] for c in cols}} for i in range(len(r["eta"]))]
         return {"sam_radius": radius, "trajectories": traj, "usam_region": region}
 
-    def _boundary(self, t: Table) -> tuple[np.ndarray, np.ndarray, bool]:
+    # -- claims ---------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _boundary(t: Table) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Per η: the measured divergence boundary ρ*(η) (geometric mean of the last bounded and first diverged ρ;
+        NaN when nothing diverged), and whether divergence is monotone in ρ at every η."""
         etas = np.array(t.unique("eta"))
         rstar, monotone = [], True
         for eta in etas:
@@ -149,12 +171,21 @@ class ScalarFactorizationExp(Experiment):
         return etas, np.array(rstar), monotone
 
     def claims(self, config: Mapping[str, Any], data: Mapping[str, Table]) -> list[Claim]:
-        rad = data["sam_radius"].where(method="sam")
+        reg = data["usam_region"]
+        return [
+            self._sam_radius_claim(config, data["sam_radius"]),
+            self._usam_boundary_claim(config, reg),
+            self._sam_region_claim(reg),
+        ]
+
+    def _sam_radius_claim(self, config: Mapping[str, Any], radius: Table) -> Claim:
+        """E4.1: SAM ends within Theorem 2's O(ρ) radius of (0, 0) at every ρ."""
+        rad = radius.where(method="sam")
         rho = rad.col("rho")
         pred = theory.scalar_factorization_sam_radius(torch.as_tensor(rho)).numpy()
         meas = rad.col("tail_max_norm")
         div = rad.col("diverged").astype(bool)
-        c1 = Claim(
+        return Claim(
             id="E4.1",
             statement="SAM on ½(xy)² ends in an O(ρ) neighbourhood of the flattest minimum (0, 0), for every ρ.",
             setting=f"x0={tuple(config['x0'])}, η={config['eta']}, ρ∈[{fmt(rho.min())}, {fmt(rho.max())}] "
@@ -168,26 +199,26 @@ class ScalarFactorizationExp(Experiment):
             data=["data/sam_radius.csv", "data/trajectories.csv"],
             values={"rho": rho.tolist(), "measured": meas.tolist(), "predicted": pred.tolist()},
         )
-        reg = data["usam_region"]
+
+    def _usam_boundary_claim(self, config: Mapping[str, Any], reg: Table) -> Claim:
+        """E4.2: USAM's measured divergence boundary is ρ*(η) ≈ η (ratio within [0.5, 2], log-log slope ≈ 1)."""
         etas, rstar, monotone = self._boundary(reg.where(method="usam"))
         pred_b = theory.scalar_factorization_usam_boundary(torch.as_tensor(etas)).numpy()
         ratio = rstar / pred_b
         ok = np.isfinite(ratio)
         slope = float(np.polyfit(np.log(etas[ok]), np.log(rstar[ok]), 1)[0]) if ok.sum() >= 2 else float("nan")
-        c2 = Claim(
+        if ok.any():
+            span = f"ρ*/η from {fmt(np.nanmin(ratio))} to {fmt(np.nanmax(ratio))}"
+        else:
+            span = "no USAM divergence in the grid"
+        return Claim(
             id="E4.2",
             statement="USAM on ½(xy)² (initialization y0² = 1/η, x0 = y0/2) diverges once ρ ≳ η.",
             setting=f"η∈[{fmt(config['eta_min'])}, {fmt(config['eta_max'])}] ({len(etas)} values), "
             f"ρ/η∈[{fmt(config['ratio_min'])}, {fmt(config['ratio_max'])}] ({config['n_ratio']} values), "
             f"{config['region_steps']} steps",
             prediction="boundary ρ*(η) = η (scalar_factorization_usam_boundary): ρ*/η = 1, log-log slope 1",
-            measured=(
-                f"ρ*/η from {fmt(np.nanmin(ratio))} to {fmt(np.nanmax(ratio))}"
-                if ok.any()
-                else "no USAM divergence in the grid"
-            )
-            + f"; slope {fmt(slope)}; "
-            f"divergence monotone in ρ: {monotone}",
+            measured=f"{span}; slope {fmt(slope)}; divergence monotone in ρ: {monotone}",
             tolerance="ρ*/η within [0.5, 2] at every η; slope within 1 ± 0.15; monotone",
             passed=bool(
                 ok.all() and monotone and (ratio >= 0.5).all() and (ratio <= 2).all() and abs(slope - 1) <= 0.15
@@ -196,9 +227,13 @@ class ScalarFactorizationExp(Experiment):
             data=["data/usam_region.csv"],
             values={"eta": etas.tolist(), "rho_star": rstar.tolist(), "slope": slope},
         )
+
+    @staticmethod
+    def _sam_region_claim(reg: Table) -> Claim:
+        """E4.3: SAM diverges nowhere on USAM's (η, ρ) grid."""
         sam_reg = reg.where(method="sam")
         sdiv = sam_reg.col("diverged").astype(bool)
-        c3 = Claim(
+        return Claim(
             id="E4.3",
             statement="SAM never diverges on the same (η, ρ) grid: normalization removes USAM's ρ ≈ η limit.",
             setting="same grid and initialization as E4.2",
@@ -210,30 +245,33 @@ class ScalarFactorizationExp(Experiment):
             figure="usam_region.png",
             data=["data/usam_region.csv"],
         )
-        return [c1, c2, c3]
 
+    # -- figures --------------------------------------------------------------------------------------------------
     def figures(self, config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
-        rad, traj = data["sam_radius"], data["trajectories"]
+        return [
+            self._radius_figure(config, data["sam_radius"], data["trajectories"], fig_dir),
+            self._region_figure(config, data["usam_region"], fig_dir),
+        ]
+
+    def _radius_figure(self, config: Mapping[str, Any], rad: Table, traj: Table, fig_dir: Path) -> Figure:
         fig, axes = new_figure(2, 1, width=5.0, height=3.9)
         ax = axes[0, 0]
         for m in ("gd", "usam", "sam"):
             t = rad.where(method=m)
             rho, n, div = t.col("rho"), t.col("tail_max_norm"), t.col("diverged").astype(bool)
+            color = METHOD_STYLE[m]["color"]
             if m == "gd":
-                ax.axhline(n[0], color=METHOD_STYLE["gd"]["color"], ls="-.", label="GD (ρ = 0): ‖(0, y∞)‖")
+                ax.axhline(n[0], color=color, ls="-.", label="GD (ρ = 0): ‖(0, y∞)‖")
                 continue
-            ax.plot(
-                rho[~div], np.clip(n[~div], FLOOR, None), "o-", color=METHOD_STYLE[m]["color"], label=method_label(m)
-            )
+            ax.plot(rho[~div], np.clip(n[~div], FLOOR, None), "o-", color=color, label=method_label(m))
             if div.any():
-                ax.plot(rho[div], np.full(int(div.sum()), 0.97), "x", transform=ax.get_xaxis_transform(),
-                        color=METHOD_STYLE[m]["color"], ms=9, label=f"{method_label(m)} diverged")  # fmt: skip
+                top = np.full(int(div.sum()), 0.97)  # in axes coordinates: at the top edge
+                label = f"{method_label(m)} diverged"
+                ax.plot(rho[div], top, "x", transform=ax.get_xaxis_transform(), color=color, ms=9, label=label)
         rr = np.logspace(np.log10(config["rho_min"]), np.log10(config["rho_max"]), 50)
-        ax.plot(rr, theory.scalar_factorization_sam_radius(torch.as_tensor(rr)).numpy(), "k--",
-                label="O(ρ) radius C·ρ (theory)")  # fmt: skip
+        radius = theory.scalar_factorization_sam_radius(torch.as_tensor(rr)).numpy()
+        ax.plot(rr, radius, "k--", label="O(ρ) radius C·ρ (theory)")
         ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_ylim(FLOOR / 3, 1e2)
         ax.set_xlabel("perturbation radius ρ")
         ax.set_ylabel("final distance ‖(x, y)‖ to (0, 0)")
         ax.set_title(f"x0 = {tuple(config['x0'])}, η = {config['eta']}")
@@ -243,20 +281,30 @@ class ScalarFactorizationExp(Experiment):
         cols = ["#1f77b4", "#17becf", "#9467bd", "#2ca02c", "#8c564b", "#e377c2", "#7f7f7f"]
         for i, rho in enumerate(rhos[:: max(1, len(rhos) // 4)]):
             t = traj.where(method="sam", rho=float(rho))
-            ax.plot(
-                t.col("step"), np.clip(t.col("norm"), FLOOR, None), color=cols[i % len(cols)], label=f"SAM ρ={rho:.3g}"
-            )
+            norm = np.clip(t.col("norm"), FLOOR, None)
+            ax.plot(t.col("step"), norm, color=cols[i % len(cols)], label=f"SAM ρ={rho:.3g}")
         t = traj.where(method="gd")
         ax.plot(t.col("step"), t.col("norm"), color=METHOD_STYLE["gd"]["color"], label="GD")
-        ax.set_yscale("log")
         ax.set_xlabel("iteration t")
         ax.set_ylabel("distance ‖(x_t, y_t)‖ to (0, 0)")
-        ax.set_ylim(FLOOR / 3, 1e2)
         ax.set_title("SAM slides along the minima to the origin")
         ax.legend(fontsize=7, loc="center right")
-        f1 = save_figure(fig, fig_dir / "scalar_sam_radius.png")
+        for ax in axes[0]:
+            ax.set_yscale("log")
+            ax.set_ylim(FLOOR / 3, 1e2)
+        return Figure(
+            save_figure(fig, fig_dir / "scalar_sam_radius.png"),
+            "SAM reaches an O(ρ) neighbourhood of the flattest minimum",
+            f"Left: the largest distance to (0, 0) over the last 10% of {config['steps']} steps against ρ, "
+            "with the theorem's O(ρ) radius (dashed). SAM is far inside it; GD stops at the minimum "
+            "(0, y∞) it first reaches, and USAM either stops there too or diverges (×). Right: SAM's "
+            "distance to the origin over time; it keeps moving along the minima after reaching them. "
+            f"Distances below {FLOOR:g} (SAM reaches ~1e-80) are drawn at {FLOOR:g}.",
+            ["E4.1"],
+            ["data/sam_radius.csv", "data/trajectories.csv"],
+        )
 
-        reg = data["usam_region"]
+    def _region_figure(self, config: Mapping[str, Any], reg: Table, fig_dir: Path) -> Figure:
         fig, axes = new_figure(2, 1, width=5.0, height=4.0)
         for ax, m in zip(axes[0], ("usam", "sam")):
             t = reg.where(method=m)
@@ -264,8 +312,8 @@ class ScalarFactorizationExp(Experiment):
             ax.scatter(eta[~div], rho[~div], s=10, c="#9ecae1", marker="s", label="bounded (measured)")
             ax.scatter(eta[div], rho[div], s=10, c="#fc9272", marker="s", label="diverged (measured)")
             ee = np.logspace(np.log10(eta.min()), np.log10(eta.max()), 50)
-            ax.plot(ee, theory.scalar_factorization_usam_boundary(torch.as_tensor(ee)).numpy(), "k--",
-                    label="ρ = η (USAM boundary, theory)")  # fmt: skip
+            boundary = theory.scalar_factorization_usam_boundary(torch.as_tensor(ee)).numpy()
+            ax.plot(ee, boundary, "k--", label="ρ = η (USAM boundary, theory)")
             if m == "usam":
                 etas, rstar, _ = self._boundary(t)
                 ax.plot(etas, rstar, "k^", ms=5, label="measured boundary ρ*(η)")
@@ -276,27 +324,13 @@ class ScalarFactorizationExp(Experiment):
             ax.set_ylabel("perturbation radius ρ")
             ax.set_title(method_label(m))
             ax.legend(fontsize=7, loc="upper left")
-        f2 = save_figure(fig, fig_dir / "usam_region.png")
-        return [
-            Figure(
-                f1,
-                "SAM reaches an O(ρ) neighbourhood of the flattest minimum",
-                f"Left: the largest distance to (0, 0) over the last 10% of {config['steps']} steps against ρ, "
-                "with the theorem's O(ρ) radius (dashed). SAM is far inside it; GD stops at the minimum "
-                "(0, y∞) it first reaches, and USAM either stops there too or diverges (×). Right: SAM's "
-                "distance to the origin over time; it keeps moving along the minima after reaching them. "
-                f"Distances below {FLOOR:g} (SAM reaches ~1e-80) are drawn at {FLOOR:g}.",
-                ["E4.1"],
-                ["data/sam_radius.csv", "data/trajectories.csv"],
-            ),  # fmt: skip
-            Figure(
-                f2,
-                "USAM's divergence region follows ρ ≈ η; SAM has none",
-                f"Each square is a run of {config['region_steps']} steps from y0 = η^(−1/2), x0 = y0/2 (so "
-                "η·y0² = 1 and GD is stable); red = diverged. USAM's measured boundary (triangles, geometric "
-                "mean of the last bounded and first diverged ρ) tracks the theory line ρ = η; SAM stays "
-                "bounded everywhere.",
-                ["E4.2", "E4.3"],
-                ["data/usam_region.csv"],
-            ),  # fmt: skip
-        ]
+        return Figure(
+            save_figure(fig, fig_dir / "usam_region.png"),
+            "USAM's divergence region follows ρ ≈ η; SAM has none",
+            f"Each square is a run of {config['region_steps']} steps from y0 = η^(−1/2), x0 = y0/2 (so "
+            "η·y0² = 1 and GD is stable); red = diverged. USAM's measured boundary (triangles, geometric "
+            "mean of the last bounded and first diverged ρ) tracks the theory line ρ = η; SAM stays "
+            "bounded everywhere.",
+            ["E4.2", "E4.3"],
+            ["data/usam_region.csv"],
+        )

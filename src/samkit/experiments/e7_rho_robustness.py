@@ -57,9 +57,12 @@ from typing import Any
 
 import numpy as np
 
-from samkit.experiments import Claim, ConfigError, Experiment, Figure, Table, Unit, fmt, register
-from samkit.experiments._common import logspace
+from samkit.data import DATASETS
+from samkit.experiments import Claim, ConfigError, Experiment, Figure, Param, Table, Unit, fmt, register
+from samkit.experiments._common import grid_keys, logspace
 from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
+from samkit.models import MODELS
+from samkit.train import SCHEDULES
 
 METHODS = ("sam", "usam")
 _TRAIN_KEYS = (
@@ -165,6 +168,29 @@ class RhoRobustness(Experiment):
             lr=0.05,
             momentum=0.9,
         ),
+    }
+    schema = {
+        "seed": Param(int, "seed recorded with the results (the runs use seeds and lr_sweep_seeds)", min=0),
+        "dataset": Param(str, "training data ('synthetic' needs no files)", choices=DATASETS),
+        "model": Param(str, "the network", choices=MODELS),
+        "subset": Param(int, "training images used (the first N)", min=1),
+        "test_subset": Param(int, "test images used (the first N)", min=1),
+        "epochs": Param(int, "epochs of every run", min=1),
+        "batch_size": Param(int, "mini-batch size", min=1),
+        "lr": Param(float, "peak learning rate of the ρ grid", min=0, strict=True),
+        "momentum": Param(float, "SGD momentum of the base optimizer", min=0, below=1),
+        "weight_decay": Param(float, "weight decay", min=0),
+        "schedule": Param(str, "learning-rate schedule", choices=SCHEDULES),
+        **grid_keys("rho", "ρ of the grid", "log-spaced"),
+        "seeds": Param(list[int], "seeds of the ρ grid (one run per ρ, method and seed)", min=0),
+        "lr_sweep_rho": Param(float, "ρ of the learning-rate sweep", min=0, strict=True),
+        "lr_sweep": Param(list[float], "learning rates of the sweep", min=0, strict=True),
+        "lr_sweep_seeds": Param(list[int], "seeds of the learning-rate sweep", min=0),
+        "sharpness_batches": Param(int, "training batches of the final top-eigenvalue measurement", min=1),
+        "sharpness_batch_size": Param(int, "batch size of the top-eigenvalue measurement", min=1),
+        "sharpness_iters": Param(int, "iterations of the top-eigenvalue measurement", min=1),
+        "tolerance_points": Param(float, "E7.1's band below the best mean accuracy, in points (at least)", min=0),
+        "collapse_drop": Param(float, "E7.2: collapsed = mean accuracy this many points below the best", min=0),
     }
 
     # -- units ---------------------------------------------------------------------------------------------------
