@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -570,19 +570,79 @@ class SAM(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state saved by :meth:`state_dict` (a plain base-optimizer state dict is accepted too)."""
+        """Load a state saved by :meth:`state_dict` (a plain base-optimizer state dict is accepted too).
+
+        A state saved with another perturbation rule is refused with a :class:`ValueError` before anything
+        changes: a different ``normalization`` (a SAM checkpoint loaded into USAM) or a different ``lam``. A
+        different ``eps`` only warns. A state the base optimizer cannot take (an SGD state loaded into an
+        Adam-based SAM, another number of parameters) is a :class:`ValueError` too, and leaves this optimizer
+        exactly as it was, able to step. To carry a base optimizer's state over to another rule on purpose, load
+        it without its ``"samkit"`` entry.
+
+        >>> import torch, samkit
+        >>> p = [torch.nn.Parameter(torch.ones(2))]
+        >>> sam = samkit.SAM(p, torch.optim.SGD, rho=0.1, lr=0.1)
+        >>> usam = samkit.USAM(p, torch.optim.SGD, rho=0.1, lr=0.1)
+        >>> usam.load_state_dict(sam.state_dict())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: this state was saved by an optimizer with normalization='l2' (λ=1.0), not normalization='none' ...
+        """
         if self.is_perturbed:
             raise RuntimeError("load_state_dict() called between first_step() and second_step()")
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict from state_dict(), got {type(state_dict).__name__}")
         state_dict = dict(state_dict)
         extra = state_dict.pop("samkit", None)
-        self.base_optimizer.load_state_dict(state_dict)
-        self.param_groups = self.base_optimizer.param_groups
+        counters = self._check_saved_rule(extra) if extra is not None else None
+        base = self.base_optimizer
+        before = (base.state, base.param_groups)  # torch builds new objects on load: these stay intact
+        try:
+            base.load_state_dict(state_dict)
+            _check_loaded_groups(base)
+        except (KeyError, ValueError, TypeError, IndexError) as err:
+            base.state, base.param_groups = before
+            self.param_groups = base.param_groups
+            what = f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err)
+            raise ValueError(
+                f"this state does not fit the base optimizer {type(base).__name__} ({what}): was it saved by another "
+                "optimizer, or for other parameters? This optimizer is unchanged"
+            ) from None
+        self.param_groups = base.param_groups
         for group in self.param_groups:
             for key in _GROUP_KEYS:
                 group.setdefault(key, self.defaults[key])
-        if extra is not None:
-            self.steps = int(extra.get("steps", 0))
-            self.skipped_steps = int(extra.get("skipped_steps", 0))
+        if counters is not None:
+            self.steps, self.skipped_steps = counters
+
+    def _check_saved_rule(self, extra: Any) -> tuple[int, int]:
+        """Check samkit's entry of a saved state against this optimizer's rule; return the saved step counters."""
+        if not isinstance(extra, Mapping) or not isinstance(extra.get("normalization", "l2"), str):
+            raise ValueError(f"the state's 'samkit' entry is not one written by SAM.state_dict(): {extra!r}")
+        version = extra.get("version", _STATE_VERSION)
+        if not isinstance(version, int) or version > _STATE_VERSION:
+            raise ValueError(f"this state was written by a newer samkit (state version {version!r}); upgrade samkit")
+        norm = extra.get("normalization", self.normalization)
+        lam = extra.get("lam", self.lam)
+        if norm != self.normalization or lam != self.lam:
+            raise ValueError(
+                f"this state was saved by an optimizer with normalization={norm!r} (λ={lam!r}), not "
+                f"normalization={self.normalization!r} (λ={self.lam!r}) as this one: its perturbation rule differs; "
+                "build the optimizer with the saved rule, or load the state without its 'samkit' entry to reuse "
+                "only the base optimizer's state"
+            )
+        eps = extra.get("eps", self.eps)
+        if eps != self.eps:
+            import warnings
+
+            warnings.warn(
+                f"loading a state saved with eps={eps!r} into an optimizer with eps={self.eps!r}",
+                stacklevel=3,
+            )
+        try:
+            return int(extra.get("steps", 0)), int(extra.get("skipped_steps", 0))
+        except (TypeError, ValueError):
+            raise ValueError(f"the state's step counters are not integers: {extra!r}") from None
 
     def __repr__(self) -> str:
         inner = repr(self.base_optimizer).replace("\n", "\n    ")
@@ -635,6 +695,14 @@ def _micro_batch_size(batch: Any) -> int:
             f"{err}; the default weights of step_accumulated are the micro-batch sizes: pass weights= "
             "(one number per micro-batch) for batches without a tensor"
         ) from None
+
+
+def _check_loaded_groups(base: Optimizer) -> None:
+    """After a load: every group holds every option of ``base`` (a group from another optimizer class lacks some)."""
+    for i, group in enumerate(base.param_groups):
+        missing = sorted(k for k in base.defaults if k not in group)
+        if missing:
+            raise ValueError(f"parameter group {i} lacks {type(base).__name__}'s options {', '.join(missing)}")
 
 
 def _check_group(group: dict[str, Any]) -> None:
