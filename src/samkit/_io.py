@@ -16,7 +16,7 @@ import csv
 import io
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,13 @@ __all__ = ["atomic_write", "atomic_write_text", "write_csv", "csv_text", "jsonab
 def atomic_write(path: str | Path, write: Callable[[str], None], *, suffix: str = ".tmp") -> None:
     """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically.
 
-    The parent folder is created. On any error the temporary file is removed and ``path`` is untouched.
+    The parent folder is created. The file gets the mode a plain ``open(path, "w")`` would give it (``0o666``
+    less the process umask: ``0o644`` under the usual umask 022), so results can be shared and served. On any
+    error the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    tmp = _new_temp_file(path, suffix)
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
@@ -43,6 +44,24 @@ def atomic_write(path: str | Path, write: Callable[[str], None], *, suffix: str 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _new_temp_file(path: Path, suffix: str) -> str:
+    """Create an empty, new file next to ``path``, named ``.NAME.RANDOM.SUFFIX``, and return its path.
+
+    Unlike :func:`tempfile.mkstemp` (always mode 0600) the file is created with mode ``0o666`` and the kernel
+    applies the umask, so there is no need to read the umask (``os.umask`` can only be read by setting it, which
+    races with other threads).
+    """
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file next to {str(path)!r}")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
