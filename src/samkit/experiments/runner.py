@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from samkit._io import atomic_write_text, csv_text, write_csv
+from samkit._progress import Progress
 from samkit.experiments.base import (
     Claim,
     ConfigError,
@@ -52,7 +53,7 @@ from samkit.experiments.base import (
     read_table,
     stable_hash,
 )
-from samkit.experiments.executors import Executor, InlineExecutor, Task
+from samkit.experiments.executors import Executor, InlineExecutor, PoolExecutor, Task
 
 __all__ = [
     "atomic_write_text",
@@ -434,7 +435,7 @@ def run_experiments(
                 by_task[id(t)] = (p, u, path, h)
                 tasks.append(t)
                 p.remaining += 1
-        bar = _progress_bar(len(tasks), planned) if progress and tasks else None
+        bar = _progress_bar(tasks, planned, executor) if progress and tasks else None
         provs = {p.exp.name: provenance(p.config) for p in planned}
         try:
             for p in planned:
@@ -461,8 +462,7 @@ def run_experiments(
                     _log(bar, f"samkit: error: {outcome.error.splitlines()[0] if outcome.error else ''}")
                 p.remaining -= 1
                 if bar is not None:
-                    bar.set_postfix_str(f"{p.exp.name} {u.key}"[:40])
-                    bar.update(1)
+                    bar.done(outcome.task)
                 if on_unit is not None and outcome.ok:
                     on_unit(u.key, False)
                 if p.remaining == 0:
@@ -475,20 +475,26 @@ def run_experiments(
     return results, failures
 
 
-def _log(bar: Any, text: str) -> None:
+def _log(bar: Progress | None, text: str) -> None:
     if bar is not None:
-        bar.write(text, file=sys.stderr)
+        bar.write(text)
     else:
         print(text, file=sys.stderr)
 
 
-def _progress_bar(total: int, planned: Sequence[Planned]) -> Any:
-    from tqdm.auto import tqdm
+def _progress_bar(tasks: Sequence[Task], planned: Sequence[Planned], executor: Executor) -> Progress:
+    """The run's progress on stderr (:class:`samkit._progress.Progress`): a bar naming the running units on a
+    terminal, plain lines otherwise."""
+    names = ", ".join(p.exp.name for p in planned if p.remaining)
+    return Progress(tasks, names, _executor_slots(executor))
 
-    names = ", ".join(p.exp.name for p in planned)
-    tty = sys.stderr.isatty()
-    # Not a terminal (a log file, CI): a plain line now and then instead of carriage-return noise.
-    return tqdm(total=total, desc=names, unit="unit", leave=True, mininterval=0.1 if tty else 30.0, ascii=not tty)
+
+def _executor_slots(executor: Executor) -> int | None:
+    """How many units ``executor`` runs at once, first come first served (None: it schedules them otherwise)."""
+    if isinstance(executor, InlineExecutor):
+        return 1
+    jobs = getattr(executor, "jobs", None)
+    return jobs if isinstance(executor, PoolExecutor) and isinstance(jobs, int) else None
 
 
 def _write_failure(exp_dir: Path, failure: Failure) -> None:
