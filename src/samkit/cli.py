@@ -2,22 +2,26 @@
 
 Commands::
 
-    samkit list                                         the experiments and their presets
+    samkit --version
+    samkit list [EXP]                                   the experiments; with EXP its config keys and their ranges
     samkit run EXP [--preset P] [--out DIR] [--set key=value ...] [--jobs N | --executor ray]
     samkit reproduce [--preset P] [--out DIR] [--jobs N | --executor ray]   every experiment, then the report
-    samkit report DIR                                   redraw figures and rewrite the report from saved data
+    samkit report [DIR]                                 redraw figures and rewrite the report from saved data
     samkit train [--dataset D --model M --optimizer O --rho R ...]   train one model (see samkit.train)
+                 O: sgd | sam | usam | unified (--lam) | asam | gsam (--gsam-alpha)
     samkit sweep --optimizer sam,usam --rho 0.01,0.1 --seed 0,1 [any train flag] --out DIR [--jobs N]
 
 Results are cached per work unit (a hash of its parameters and code), so a rerun skips finished work and an
 interrupted run resumes. Units run on ``--jobs`` local processes (default: every core) or on a Ray cluster
 (``--executor ray``); the numbers do not depend on where they run.
 
-Exit codes (every command): 0 success (every claim PASSes); 1 a claim did not pass (FAIL or NOT EXERCISED);
-2 bad usage or configuration (unknown experiment or key, a value out of range, an unwritable folder, a bad
-training flag, a checkpoint or data file that cannot be trusted) — one line on stderr; 3 a runtime failure (a unit
-raised, an experiment could not run, damaged result files); 130 interrupted (rerun to resume). ``train`` exits
-with 0 when the run completed or diverged (divergence is a result).
+Exit codes (every command; ``samkit --help`` lists them too): 0 success (every claim PASSes); 1 a claim did not
+pass (FAIL or NOT EXERCISED); 2 bad usage or configuration (unknown experiment or key, a value out of range, an
+unwritable folder, a bad training flag, a checkpoint or data file that cannot be trusted); 3 a runtime failure (a
+unit raised, an experiment could not run, damaged result files, a file could not be written); 130 interrupted
+(rerun to resume). ``train`` exits with 0 when the run completed or diverged (divergence is a result). Every error
+is one line on stderr, ``samkit: error: ...`` (``samkit train: error: ...`` for ``train``); ``SAMKIT_TRACEBACK=1``
+shows the traceback instead.
 
 >>> args = build_parser().parse_args(["train", "--optimizer", "usam", "--rho", "0.1", "--schedule", "decay"])
 >>> cfg = train_config(args)
@@ -36,8 +40,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import samkit
 from samkit.data import DATASETS
-from samkit.experiments import get, names
+from samkit.experiments import describe, get, names
 from samkit.experiments.base import PRESETS, ConfigError
 from samkit.experiments.executors import Executor, RayMissingError, make_executor
 from samkit.experiments.runner import (
@@ -52,30 +57,76 @@ from samkit.experiments.runner import (
 from samkit.models import MODELS
 from samkit.report import summary, write_report
 from samkit.sweep import SweepRun, expand_grid, run_name, run_sweep
-from samkit.train import TrainConfig, TrainError, train
-from samkit.train.config import DEVICES, OPTIMIZERS, PERTURBATIONS, SCHEDULES
+from samkit.train import TrainConfig, train
+from samkit.train.config import DEVICES, GSAM_ALPHA, OPTIMIZERS, PERTURBATIONS, SCHEDULES
 
 __all__ = ["main", "build_parser", "train_config"]
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` states every flag's default, except where there is none (``None``, an off switch) or the help
+    already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        if not action.option_strings and action.nargs != "?":
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _EpilogFormatter(argparse.RawDescriptionHelpFormatter, _Formatter):
+    """:class:`_Formatter` that keeps the line breaks of the description and the epilog."""
+
+
+_EXIT_CODES = """exit codes (every command):
+  0    success: every claim PASSes (train: the run completed, or diverged: divergence is a result)
+  1    a claim did not pass (FAIL or NOT EXERCISED)
+  2    bad usage or configuration: unknown experiment or key, a value out of range, an unwritable
+       folder, a bad training flag, a checkpoint or data file that cannot be trusted (one line on stderr)
+  3    a runtime failure: a unit raised, an experiment could not run, damaged result files, a file
+       could not be written (one line on stderr)
+  130  interrupted: rerun the same command to resume"""
+
+
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (``PROG: error: ...``) and exit code 2."""
+    """An ArgumentParser whose errors are one line on stderr and exit code 2, under the command's error prefix
+    (``samkit: error: ...``; ``samkit train: error: ...`` for ``samkit train``), and whose ``--help`` shows
+    the defaults."""
+
+    def __init__(self, *args: Any, error_prog: str = "samkit", **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+        self.error_prog = error_prog
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.error_prog}: error: {message}\n")
         raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``samkit`` (every command, ``train`` included)."""
-    p = _Parser(prog="samkit", description="SAM vs USAM: reproduce Dai, Ahn & Sra (NeurIPS 2023).")
+    p = _Parser(
+        prog="samkit",
+        description="SAM vs USAM: reproduce Dai, Ahn & Sra (NeurIPS 2023).",
+        epilog=_EXIT_CODES,
+        formatter_class=_EpilogFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"samkit {samkit.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    sub.add_parser("list", help="list the experiments and their presets")
+    ls = sub.add_parser(
+        "list",
+        help="list the experiments; with EXP, its config keys (type, value per preset, allowed range)",
+        description="Without EXP: every experiment and its presets. With EXP: every config key that "
+        "`samkit run EXP --set KEY=VALUE` accepts, with its type, its value in each preset and what is allowed.",
+    )
+    ls.add_argument("experiment", metavar="EXP", nargs="?", default=None, help="an experiment, e.g. E3")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--preset", default="quick", help="tiny | quick | full (default: quick)")
-        sp.add_argument("--out", default="results", help="output directory (default: results)")
+        sp.add_argument("--preset", default="quick", choices=PRESETS, help="the size of every experiment")
+        sp.add_argument("--out", default="results", help="output directory")
         sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
         _add_executor_arguments(sp)
 
@@ -93,12 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reproduce", help="run every experiment and write the report")
     common(rep)
     r = sub.add_parser("report", help="redraw the figures and rewrite the report of DIR from its saved data")
-    r.add_argument("dir", metavar="DIR")
+    r.add_argument("dir", metavar="DIR", nargs="?", default="results", help="the results folder of `samkit run`")
     _add_train_arguments(
         sub.add_parser(
             "train",
-            help="train a model with SGD / SAM / USAM / unified SAM",
-            description="Train an image classifier with SGD, SAM, USAM or unified SAM.",
+            help="train a model with SGD / SAM / USAM / unified SAM / ASAM / GSAM",
+            description="Train an image classifier with SGD, SAM, USAM, unified SAM, ASAM or GSAM.",
+            error_prog="samkit train",
         )
     )
     sw = sub.add_parser(
@@ -214,9 +266,16 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, grid: bool = False) -> N
 
     a("--dataset", choices=DATASETS, default=d.dataset, help="default: %(default)s")
     a("--model", choices=MODELS, default=d.model, help="default: %(default)s")
-    a("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd | sam (normalized) | usam | unified (λ)")
-    a("--rho", type=float, default=d.rho, help="perturbation radius ρ (default: %(default)s)")
+    a(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=d.optimizer,
+        help="sgd | sam (normalized) | usam (unnormalized) | unified (λ) | asam (adaptive, biases and norm layers "
+        "not rescaled) | gsam (surrogate gap, constant ρ); every SAM variant wraps SGD",
+    )
+    a("--rho", type=float, default=d.rho, help="perturbation radius ρ (ASAM's ρ is usually 10x SAM's)")
     a("--lam", type=float, default=None, help="λ in [0, 1] for --optimizer unified")
+    a("--gsam-alpha", type=float, default=None, help=f"GSAM's α >= 0 for --optimizer gsam (default {GSAM_ALPHA})")
     a("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
     a("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
     a("--weight-decay", type=float, default=d.weight_decay, help="default: %(default)s")
@@ -374,15 +433,39 @@ def _prog(args: argparse.Namespace) -> str:
     return "samkit train" if args.command == "train" else "samkit"
 
 
+def _list(experiment: str | None) -> int:
+    if experiment is not None:
+        print(describe(get(experiment)))
+        return 0
+    for n in names():
+        e = get(n)
+        print(f"{e.name:4s} {e.title} — {e.summary} (presets: {', '.join(e.presets)})")
+    print("`samkit list EXP` shows the config keys of EXP (what `samkit run EXP --set KEY=VALUE` accepts).")
+    return 0
+
+
+def _os_error(err: OSError) -> str:
+    """An OSError in one line: what went wrong and the file it concerns."""
+    reason = err.strerror or str(err)
+    if err.filename is None:
+        return reason
+    names = repr(str(err.filename)) + (f" -> {str(err.filename2)!r}" if err.filename2 is not None else "")
+    return f"{reason}: {names}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``samkit`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``samkit`` console script; returns the exit code (see ``samkit --help``).
+
+    Every error is one line on stderr: ``samkit: error: ...`` (``samkit train: error: ...`` for ``samkit
+    train``), without a traceback. Set ``SAMKIT_TRACEBACK=1`` to see the traceback of a runtime error.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # a usage error (already printed), --help or --version
+        return done.code if isinstance(done.code, int) else 2
     try:
         if args.command == "list":
-            for n in names():
-                e = get(n)
-                print(f"{e.name:4s} {e.title} — {e.summary} (presets: {', '.join(e.presets)})")
-            return 0
+            return _list(args.experiment)
         if args.command == "run":
             return _run([args.experiment], args.preset, Path(args.out), args.overrides, not args.no_progress, args)
         if args.command == "reproduce":
@@ -393,17 +476,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(Path(args.dir))
         if args.command == "train":
             return _train(args)
-    except (ConfigError, TrainError) as err:
-        sys.stderr.write(f"{_prog(args)}: error: {err}\n")
-        return 2
     except (UnitError, DamagedDataError) as err:
-        sys.stderr.write(f"{_prog(args)}: error: {err}\n")
-        return 3
+        return _fail(args, str(err), 3)
+    except ValueError as err:  # ConfigError, TrainError, DataError, and a bad value caught deeper down
+        return _fail(args, str(err), 2)
+    except OSError as err:  # a file that could not be written or read mid-run (disk full, permissions, ...)
+        return _fail(args, _os_error(err), 3)
     except KeyboardInterrupt:
         how = "with --resume to continue" if args.command == "train" else "to resume from the finished units"
         sys.stderr.write(f"{_prog(args)}: interrupted; rerun the same command {how}\n")
         return 130
     return 2
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if os.environ.get("SAMKIT_TRACEBACK"):
+        raise  # the exception being handled, with its traceback
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    sys.stderr.write(f"{_prog(args)}: error: {first}\n")
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

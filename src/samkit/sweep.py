@@ -137,7 +137,7 @@ def run_sweep(
                 results[outcome.task.key] = outcome.result
             else:
                 first = (outcome.error or "").splitlines()[0]
-                (bar.write if bar else print)(f"samkit sweep: error: {first}")
+                (bar.write if bar else print)(f"samkit: error: {first}")
                 results[outcome.task.key] = {"status": "failed", "error": first}
             if bar is not None:
                 bar.update(1)

@@ -22,9 +22,20 @@ from samkit._checks import integer, number
 from samkit.data import DATASETS
 from samkit.models import MODELS
 
-__all__ = ["TrainConfig", "TrainError", "OPTIMIZERS", "SCHEDULES", "PERTURBATIONS", "DEVICES", "RESUMABLE_KEYS"]
+__all__ = [
+    "TrainConfig",
+    "TrainError",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "PERTURBATIONS",
+    "DEVICES",
+    "RESUMABLE_KEYS",
+    "GSAM_ALPHA",
+]
 
-OPTIMIZERS = ("sgd", "sam", "usam", "unified")
+OPTIMIZERS = ("sgd", "sam", "usam", "unified", "asam", "gsam")
+#: GSAM's α when ``--gsam-alpha`` is not given (Zhuang et al. 2022 use values in [0.01, 0.3])
+GSAM_ALPHA = 0.1
 SCHEDULES = ("cosine", "constant", "decay")
 PERTURBATIONS = ("local", "global")
 DEVICES = ("auto", "cpu", "cuda")
@@ -49,6 +60,7 @@ class TrainConfig:
     optimizer: str = "sam"
     rho: float = 0.05
     lam: float | None = None
+    gsam_alpha: float | None = None
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -107,6 +119,10 @@ class TrainConfig:
             number(self.lam, "--lam", maximum=1.0)
         elif self.lam is not None:
             raise ValueError(f"--lam is only used with --optimizer unified (got --optimizer {self.optimizer})")
+        if self.gsam_alpha is not None:
+            if self.optimizer != "gsam":
+                raise ValueError(f"--gsam-alpha is only used with --optimizer gsam (got --optimizer {self.optimizer})")
+            number(self.gsam_alpha, "--gsam-alpha")
         for key in ("batch_size", "epochs", "eval_batch_size", "sharpness_batches", "sharpness_batch_size"):
             integer(getattr(self, key), _flag(key), minimum=1)
         for key in ("sharpness_every", "threads", "sharpness_iters", "seed"):

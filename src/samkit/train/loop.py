@@ -23,9 +23,9 @@ from samkit._threads import default_threads, torch_threads
 from samkit.core import global_norm
 from samkit.data import ArrayDataset, DataError, Loader, load_dataset
 from samkit.models import build_model
-from samkit.optim import SAM, NonFiniteGradientError
+from samkit.optim import GSAM, SAM, NonFiniteGradientError, asam_param_groups
 from samkit.sharpness import top_eigenvalues
-from samkit.train.config import TrainConfig, TrainError
+from samkit.train.config import GSAM_ALPHA, TrainConfig, TrainError
 from samkit.train.distributed import Dist
 from samkit.train.records import CHECKPOINT_VERSION, Records, summarize
 
@@ -35,28 +35,37 @@ _NORMALIZATION = {"sam": "l2", "usam": "none", "unified": "unified"}
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module | None = None) -> torch.optim.Optimizer:
-    """The optimizer of ``cfg``: plain SGD, or :class:`samkit.SAM` around SGD with the chosen normalization.
+    """The optimizer of ``cfg``: plain SGD, or a SAM variant around SGD.
 
-    ``model`` (the DDP wrapper when given) lets SAM keep the BatchNorm statistics of the first pass and run it
-    under ``no_sync``.
+    ``sam`` / ``usam`` / ``unified``: :class:`samkit.SAM` with normalization ``"l2"`` / ``"none"`` / ``"unified"``
+    (λ = ``cfg.lam``); ``asam``: :class:`samkit.SAM` with ``adaptive=True`` on the groups of
+    :func:`samkit.asam_param_groups` (biases and normalization layers not rescaled); ``gsam``: :class:`samkit.GSAM`
+    with α = ``cfg.gsam_alpha`` (default :data:`~samkit.train.config.GSAM_ALPHA`) and a constant ρ. ``model`` (the
+    DDP wrapper when given) lets SAM keep the BatchNorm statistics of the first pass and run it under ``no_sync``.
 
     >>> opt = build_optimizer(TrainConfig(optimizer="usam", rho=0.1), torch.nn.Linear(2, 2))
     >>> type(opt).__name__, opt.normalization
     ('SAM', 'none')
+    >>> opt = build_optimizer(TrainConfig(optimizer="asam", rho=0.5), torch.nn.Linear(2, 2))
+    >>> [(len(g["params"]), g["adaptive"]) for g in opt.param_groups]  # weight rescaled, bias not
+    [(1, True), (1, False)]
+    >>> build_optimizer(TrainConfig(optimizer="gsam", gsam_alpha=0.2), torch.nn.Linear(2, 2)).alpha
+    0.2
     """
     sgd_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), **sgd_kwargs)
+    common: dict[str, Any] = dict(
+        rho=cfg.rho, model=ddp_model if ddp_model is not None else model, perturbation=cfg.perturbation, **sgd_kwargs
+    )
+    if cfg.optimizer == "asam":
+        return SAM(asam_param_groups(model), torch.optim.SGD, normalization="l2", adaptive=True, **common)
+    if cfg.optimizer == "gsam":
+        alpha = GSAM_ALPHA if cfg.gsam_alpha is None else cfg.gsam_alpha
+        return GSAM(model.parameters(), torch.optim.SGD, alpha=alpha, normalization="l2", **common)
     norm = _NORMALIZATION[cfg.optimizer]
     return SAM(
-        model.parameters(),
-        torch.optim.SGD,
-        rho=cfg.rho,
-        normalization=norm,
-        lam=cfg.lam if norm == "unified" else None,
-        model=ddp_model if ddp_model is not None else model,
-        perturbation=cfg.perturbation,
-        **sgd_kwargs,
+        model.parameters(), torch.optim.SGD, normalization=norm, lam=cfg.lam if norm == "unified" else None, **common
     )
 
 
