@@ -188,10 +188,10 @@ def test_set_values_are_parsed_never_evaluated(tmp_path, capsys):
 def test_report_of_a_crafted_results_folder_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "E1").mkdir()
     (tmp_path / "E1" / "config.json").write_text("{not json")
-    assert main(["report", str(tmp_path)]) == 2
+    assert main(["report", str(tmp_path)]) == 3  # damaged result files: the report says so (issue 14)
     assert "config.json' is not readable JSON (JSONDecodeError" in _one_line_error(capsys, "samkit: error: ")
     (tmp_path / "E1" / "config.json").write_text('{"experiment": "E1", "config": []}')
-    assert main(["report", str(tmp_path)]) == 2
+    assert main(["report", str(tmp_path)]) == 3
     assert "config.json' is not a complete samkit config" in _one_line_error(capsys, "samkit: error: ")
 
 

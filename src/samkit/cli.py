@@ -55,7 +55,7 @@ from samkit.experiments.runner import (
     run_experiments,
 )
 from samkit.models import MODELS
-from samkit.report import summary, write_report
+from samkit.report import collect, summary, write_report
 from samkit.sweep import SweepRun, expand_grid, run_name, run_sweep
 from samkit.train import TrainConfig, train
 from samkit.train.config import DEVICES, GSAM_ALPHA, OPTIMIZERS, PERTURBATIONS, SCHEDULES
@@ -393,21 +393,37 @@ def _report(directory: Path) -> int:
     if not directory.is_dir():
         raise ConfigError(f"no such results directory {str(directory)!r}")
     ensure_writable(directory)
-    dirs = sorted(p.parent for p in directory.glob("*/config.json"))
+    dirs = sorted({p.parent for n in ("config.json", "result.json", "failure.json") for p in directory.glob(f"*/{n}")})
     if not dirs:
         raise ConfigError(f"{str(directory)!r} holds no experiment results (run `samkit reproduce --out DIR` first)")
-    results, failures = [], []
     for d in dirs:
-        meta = read_config(d)
+        if not (d / "config.json").exists():
+            continue
         try:
-            results.append(finalize(get(meta["experiment"]), d))
-        except DamagedDataError as err:
-            failures.append(Failure(meta["experiment"], str(err), "damaged"))
-            sys.stderr.write(f"samkit: error: {err}\n")
-    paths = write_report(directory)
+            name = read_config(d)["experiment"]
+        except ConfigError:
+            continue  # damaged or from an older samkit: collect() reports it
+        if name != d.name:
+            continue  # config.json names another experiment: collect() reports the folder as damaged
+        try:
+            exp = get(name)
+        except ConfigError as err:
+            sys.stderr.write(
+                f"samkit: warning: {name} not redrawn ({err}); its saved results are reported as they are\n"
+            )
+            continue
+        try:
+            finalize(exp, d)
+        except DamagedDataError:
+            continue  # collect() reports it, with the reason
+    results, problems = collect(directory)
+    for p in problems:
+        sys.stderr.write(f"samkit: error: {p['reason']}\n")
+    paths = write_report(directory, results, problems)
     passed, total = summary(results)
-    print(f"{passed}/{total} claims PASS; report: {paths[0]} and {paths[1]}")
-    return _exit_code(results, failures)
+    not_run = f"; {len(problems)} experiment(s) did not run, did not finish or are damaged" if problems else ""
+    print(f"{passed}/{total} claims PASS{not_run}; report: {paths[0]} and {paths[1]}")
+    return 3 if problems else 0 if passed == total else 1
 
 
 def _sweep(args: argparse.Namespace) -> int:
