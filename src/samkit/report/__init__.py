@@ -102,6 +102,33 @@ def _problem(name: str, reason: str, kind: str, previous: bool = False) -> dict[
     return {"experiment": name, "reason": reason, "kind": kind, "previous": previous}
 
 
+def _title_of(name: str, exp_dir: Path) -> str:
+    """The title of an experiment whose result cannot be shown: from its (stale) result.json, else samkit's
+    registry, else nothing."""
+    try:
+        title = read_json(exp_dir / "result.json").get("title")
+        if isinstance(title, str):
+            return title
+    except (ConfigError, AttributeError):
+        pass
+    from samkit.experiments import get
+
+    try:
+        return get(name).title
+    except (ConfigError, ImportError, RuntimeError):
+        return ""
+
+
+def _sentence(reason: str, name: str) -> str:
+    """A problem's reason as a sentence, without a leading ``NAME:`` or ``NAME did not run:`` (the report says it).
+
+    >>> _sentence("E7 did not run: Fashion-MNIST is missing", "E7")
+    'Fashion-MNIST is missing.'
+    """
+    text = re.sub(rf"^{re.escape(name)}( did not run)?:\s*", "", reason.strip())
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def collect(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(results, problems)`` of the results folder ``out``, each ordered by experiment (E1, E2, ...).
 
@@ -121,6 +148,8 @@ def collect(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if result is not None:
             results.append(result)
         if problem is not None:
+            if result is None:
+                problem["title"] = _title_of(d.name, d)
             problems.append(problem)
     return results, problems
 
@@ -186,7 +215,7 @@ def _section(name: str, result: Mapping[str, Any] | None, problem: Mapping[str, 
     sec: dict[str, Any] = {
         "name": name,
         "anchor": anchor,
-        "title": _text(result.get("title")) if result else "",
+        "title": _text(result.get("title")) if result else _text((problem or {}).get("title")),
         "summary": _text(result.get("summary")) if result else "",
         "problem": None,
         "counts": verdict_counts([result]) if result else dict.fromkeys(VERDICTS, 0),
@@ -199,7 +228,7 @@ def _section(name: str, result: Mapping[str, Any] | None, problem: Mapping[str, 
         sec["problem"] = {
             "kind": problem["kind"],
             "label": _KINDS.get(problem["kind"], "did not finish"),
-            "reason": _text(problem["reason"]),
+            "reason": _sentence(_text(problem["reason"]), name),
             "previous": bool(problem.get("previous")),
             "note": " The results shown are those of its previous complete run."
             if problem.get("previous")
@@ -258,7 +287,7 @@ def _attention(sections: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     for s in sections:
         if s["problem"] is not None:
             p = s["problem"]
-            shown = "; the results shown are those of its previous complete run" if p["previous"] else ""
+            shown = " The results shown are those of its previous complete run." if p["previous"] else ""
             lines.append({"kind": p["kind"], "label": p["label"], "href": "#" + s["anchor"],
                           "text": f"{s['name']}: {p['reason']}{shown}"})  # fmt: skip
     for verdict in ("FAIL", NOT_EXERCISED):
