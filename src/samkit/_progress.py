@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-__all__ = ["Progress", "HEARTBEAT_S", "LINE_EVERY_S"]
+__all__ = ["Progress", "slots", "HEARTBEAT_S", "LINE_EVERY_S"]
 
 #: plain-line mode: a line after this many seconds without one
 HEARTBEAT_S = 30.0
@@ -154,6 +154,21 @@ class Progress:
                 self._bar.set_postfix_str(self._running(), refresh=False)
                 self._bar.close()
                 self._bar = None
+
+
+def slots(executor: Any) -> int | None:
+    """How many units an executor of :mod:`samkit.experiments.executors` runs at once, first come first served:
+    1 in this process (``inline``), ``jobs`` on a local pool; None for one that schedules them otherwise (Ray).
+
+    >>> from samkit.experiments.executors import InlineExecutor, PoolExecutor
+    >>> slots(InlineExecutor()), slots(PoolExecutor(3))
+    (1, 3)
+    """
+    name = getattr(executor, "name", None)
+    if name == "inline":
+        return 1
+    jobs = getattr(executor, "jobs", None)
+    return jobs if name == "pool" and isinstance(jobs, int) else None
 
 
 def _clock(seconds: float) -> str:

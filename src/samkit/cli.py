@@ -32,6 +32,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -51,6 +52,7 @@ from samkit.experiments.runner import (
     UnitError,
     ensure_writable,
     finalize,
+    folder_lock,
     read_config,
     run_experiments,
 )
@@ -126,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--preset", default="quick", choices=PRESETS, help="the size of every experiment")
-        sp.add_argument("--out", default="results", help="output directory")
+        sp.add_argument("--out", default="results", type=_folder, help="output directory")
         sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
         _add_executor_arguments(sp)
 
@@ -144,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reproduce", help="run every experiment and write the report")
     common(rep)
     r = sub.add_parser("report", help="redraw the figures and rewrite the report of DIR from its saved data")
-    r.add_argument("dir", metavar="DIR", nargs="?", default="results", help="the results folder of `samkit run`")
+    r.add_argument(
+        "dir", metavar="DIR", nargs="?", default="results", type=_folder, help="the results folder of `samkit run`"
+    )
     _add_train_arguments(
         sub.add_parser(
             "train",
@@ -161,11 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/sweep.csv (one row per run) and OUT/sweep.png (test accuracy against rho and against the realised "
         "mean perturbation norm).",
     )
-    sw.add_argument("--out", required=True, help="the sweep's folder")
+    sw.add_argument("--out", required=True, type=_folder, help="the sweep's folder")
     _add_executor_arguments(sw)
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_train_arguments(sw, grid=True)
     return p
+
+
+def _folder(text: str) -> str:
+    """An output folder flag: any path but the empty one (which would mean the current folder, silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (write . for the current folder)")
+    return text
 
 
 def _jobs(text: str) -> int | None:
@@ -291,7 +302,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, grid: bool = False) -> N
     a("--decay-frac", type=float, default=d.decay_frac, help="--schedule decay: the fraction in (0, 1] of the steps "
       "over which the learning rate falls linearly to 0 (default: %(default)s)")  # fmt: skip
     a("--seed", type=int, default=d.seed, help="default: %(default)s")
-    a("--out", default=None, help="output folder (default: runs/DATASET-MODEL-OPTIMIZER-rhoR-lrL-sSEED)")
+    a("--out", default=None, type=_folder, help="output folder (default: runs/DATASET-MODEL-OPTIMIZER-rhoR-lrL-sSEED)")
     a("--data-dir", default=None, help="data folder (default: $SAMKIT_DATA_DIR, then /usr/share/datasets/...)")
     a("--no-verify-data", dest="verify_data", action="store_false", help="read data files whose checksum is not the "
       "official one (CIFAR-10 batches are still read by the restricted reader)")  # fmt: skip
@@ -330,8 +341,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def _train(args: argparse.Namespace) -> int:
     cfg = train_config(args)
-    result = train(cfg, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
+    cfg.validate()  # bad flags before any folder is made
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    out = ensure_writable(Path(cfg.out))
+    # a second `samkit train` on the same --out is refused at once (the lock dies with its process)
+    with folder_lock(out) if main_rank else contextlib.nullcontext():
+        result = train(cfg, resume=args.resume)
+    if main_rank:
         print(
             f"{result['status']}: final test accuracy {result.get('final_test_acc')}, "
             f"{result['seconds']:.1f} s; wrote {cfg.out}/metrics.csv, checkpoint.pt, summary.json"
@@ -438,7 +454,7 @@ def _sweep(args: argparse.Namespace) -> int:
         cfg = TrainConfig(**fixed, **point, progress=False, quiet=True)
         runs.append(SweepRun(run_name(point), point, cfg))
     out = ensure_writable(Path(args.out))
-    with _executor(args) as executor:
+    with folder_lock(out), _executor(args) as executor:
         rows = run_sweep(runs, out, executor, progress=not args.no_progress, gpus_per_run=args.gpus_per_unit)
     bad = [r for r in rows if r["status"] == "failed"]
     print(f"{len(rows)} runs ({len(bad)} failed); wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")

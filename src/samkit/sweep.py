@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from samkit._io import atomic_write_text, csv_text
+from samkit._progress import Progress, slots
 from samkit.experiments.executors import Executor, InlineExecutor, Task, unit_threads
 from samkit.experiments.runner import safe_name
 from samkit.train import TrainConfig, TrainError, train
@@ -126,11 +127,7 @@ def run_sweep(
     executor = executor or InlineExecutor()
     by_name = {r.name: r for r in runs}
     results: dict[str, dict[str, Any]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(tasks), desc="sweep", unit="run")
+    bar = Progress(tasks, "sweep", slots(executor), unit="run") if progress and tasks else None
     try:
         for outcome in executor.run(tasks):
             if outcome.ok:
@@ -140,7 +137,7 @@ def run_sweep(
                 (bar.write if bar else print)(f"samkit: error: {first}")
                 results[outcome.task.key] = {"status": "failed", "error": first}
             if bar is not None:
-                bar.update(1)
+                bar.done(outcome.task)
     finally:
         if bar is not None:
             bar.close()

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from samkit._io import atomic_write_text, csv_text, write_csv
-from samkit._progress import Progress
+from samkit._progress import Progress, slots
 from samkit.experiments.base import (
     Claim,
     ConfigError,
@@ -53,7 +53,7 @@ from samkit.experiments.base import (
     read_table,
     stable_hash,
 )
-from samkit.experiments.executors import Executor, InlineExecutor, PoolExecutor, Task
+from samkit.experiments.executors import Executor, InlineExecutor, Task
 
 __all__ = [
     "atomic_write_text",
@@ -486,15 +486,7 @@ def _progress_bar(tasks: Sequence[Task], planned: Sequence[Planned], executor: E
     """The run's progress on stderr (:class:`samkit._progress.Progress`): a bar naming the running units on a
     terminal, plain lines otherwise."""
     names = ", ".join(p.exp.name for p in planned if p.remaining)
-    return Progress(tasks, names, _executor_slots(executor))
-
-
-def _executor_slots(executor: Executor) -> int | None:
-    """How many units ``executor`` runs at once, first come first served (None: it schedules them otherwise)."""
-    if isinstance(executor, InlineExecutor):
-        return 1
-    jobs = getattr(executor, "jobs", None)
-    return jobs if isinstance(executor, PoolExecutor) and isinstance(jobs, int) else None
+    return Progress(tasks, names, slots(executor))
 
 
 def _write_failure(exp_dir: Path, failure: Failure) -> None:

@@ -161,7 +161,10 @@ def _run_epoch(run: _Run, epoch: int) -> EpochStats:
     run.loader.set_epoch(epoch)
     total = torch.zeros(6, dtype=torch.float64)
     show = cfg.progress and dist.is_main
-    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show)
+    # not a terminal (a log): no carriage-return bar; the per-epoch line on stdout reports progress
+    bar = tqdm(
+        run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show or not sys.stderr.isatty()
+    )
     try:
         for x, y in bar:
             sums = dist.sum(_step_sums(run, x.to(dist.device), y.to(dist.device)))  # every rank sees the same sums,
