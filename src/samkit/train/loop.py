@@ -342,8 +342,14 @@ def _train(
     rows: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
     if ckpt is not None:
-        run.model.load_state_dict(ckpt["model"])
-        run.opt.load_state_dict(ckpt["optimizer"])
+        try:
+            run.model.load_state_dict(ckpt["model"])
+            run.opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrainError(
+                f"--resume: {records.checkpoint} does not fit this run's model or optimizer ({first})"
+            ) from None
         torch.set_rng_state(ckpt["rng"])
         rows = list(ckpt["rows"])
         start_epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
