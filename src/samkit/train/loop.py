@@ -346,9 +346,10 @@ def _train(
             run.model.load_state_dict(ckpt["model"])
             run.opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            why = " ".join(str(err).split()) or type(err).__name__
+            why = why if len(why) <= 200 else why[:200] + "..."
             raise TrainError(
-                f"--resume: {records.checkpoint} does not fit this run's model or optimizer ({first})"
+                f"--resume: {records.checkpoint} does not fit this run's model or optimizer ({why})"
             ) from None
         torch.set_rng_state(ckpt["rng"])
         rows = list(ckpt["rows"])
