@@ -101,3 +101,80 @@ def test_console_script_error_exit_code(tmp_path: Path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("samkit: error: unknown experiment") and proc.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------ issue 14
+def test_version(capsys):
+    import samkit
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"samkit {samkit.__version__}"
+
+
+def test_list_exp_shows_every_key_with_type_presets_and_range(capsys):
+    from samkit.experiments import get
+
+    assert main(["list", "e3"]) == 0
+    out = capsys.readouterr().out
+    exp = get("E3")
+    lines = {line.split()[0]: line for line in out.splitlines()[2:] if line.strip() and not line.startswith("also")}
+    assert set(exp.schema) <= set(lines)
+    for key, param in exp.schema.items():
+        assert param.type_name() in lines[key] and param.allowed() in lines[key] and param.help in lines[key]
+    assert "tiny" in out.splitlines()[1] and "full" in out.splitlines()[1]
+    assert main(["list"]) == 0 and "`samkit list EXP`" in capsys.readouterr().out
+    assert main(["list", "E99"]) == 2 and "unknown experiment 'E99'" in capsys.readouterr().err
+
+
+def test_report_defaults_to_results_like_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "CLITOY", "--preset", "tiny", "--no-progress"]) == 0
+    (tmp_path / "results" / "index.html").unlink()
+    assert main(["report"]) == 0
+    assert (tmp_path / "results" / "index.html").exists()
+
+
+def _actions(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {n}", a, s) for n, a, s in _actions(sub))
+        else:
+            yield "", action, parser
+
+
+def test_help_shows_every_default_and_the_exit_codes(capsys):
+    from samkit.cli import build_parser
+
+    parser = build_parser()
+    checked = 0
+    for where, action, owner in _actions(parser):
+        if action.default in (None, False, [], "==SUPPRESS==") or action.nargs == 0:
+            continue  # no default to show, or an on/off switch
+        text = owner._get_formatter()._format_action(action)
+        assert "default" in " ".join(text.split()), (where, action.dest, text)
+        checked += 1
+    assert checked > 40  # run, reproduce, report, train, sweep
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "exit codes" in out and "130" in out and "3    a runtime failure" in out
+    assert main(["train", "--help"]) == 0
+    assert "asam" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, prefix",
+    [
+        (["run", "CLITOY", "--jobs", "x"], "samkit: error: argument --jobs"),
+        (["report", "a", "b"], "samkit: error: unrecognized arguments: b"),
+        (["sweep", "--rho", "0.1,0.2"], "samkit: error: the following arguments are required: --out"),
+        (["list", "E1", "E2"], "samkit: error: unrecognized arguments: E2"),
+        (["train", "--epochs", "two"], "samkit train: error: argument --epochs"),
+    ],
+)
+def test_every_usage_error_has_the_command_prefix(argv, prefix, capsys):
+    assert main(argv) == 2  # before: `samkit run: error:`, `samkit report: error:` ... and SystemExit from main()
+    err = capsys.readouterr().err
+    assert err.startswith(prefix) and err.count("\n") == 1

@@ -71,8 +71,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
-            return text
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text or action.nargs == 0:
+            return text  # nothing to show, already said, or an on/off switch
         if not action.option_strings and action.nargs != "?":
             return text
         return text + " (default: %(default)s)"
@@ -310,7 +310,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, grid: bool = False) -> N
     a("--test-subset", type=_opt_int, default=None, metavar="N", help="test on the first N test examples")
     aug = p.add_mutually_exclusive_group()  # a switch: not swept
     aug.add_argument("--augment", dest="augment", action="store_true", default=None, help="crop+flip (CIFAR default)")
-    aug.add_argument("--no-augment", dest="augment", action="store_false")
+    aug.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation (default elsewhere)")
     a("--sharpness-every", type=int, default=0, metavar="K", help="top Hessian eigenvalue every K epochs (0: never)")
     a("--sharpness-batches", type=int, default=d.sharpness_batches, help="fixed batches for it (default: %(default)s)")
     a("--sharpness-batch-size", type=int, default=d.sharpness_batch_size, help="default: %(default)s")
