@@ -192,7 +192,9 @@ class EdgeOfStability(Experiment):
         "eig_tol": Param(float, "relative tolerance of each λ measurement", min=0, strict=True, below=1),
         "blowup": Param(float, "a loss at or above this (or non-finite) is a divergence", min=0, strict=True),
         "lambda_init_bound": Param(float, "USAM's λ* must exceed this bound on the initial λ", min=0),
-        "max_edge_fraction": Param(float, "E8.3: USAM plateau at most this × 2/η; so must λ* be", min=0, strict=True, max=1),
+        "max_edge_fraction": Param(
+            float, "E8.3: USAM plateau at most this × 2/η; so must λ* be", min=0, strict=True, max=1
+        ),
         "plateau_tol": Param(float, "E8.1/E8.2: |plateau/edge − 1| allowed", min=0, strict=True, below=1),
         "stable_cv": Param(float, "a plateau's last-third std/mean must be at most this", min=0, strict=True),
         "sam_max_fraction": Param(float, "E8.4: SAM's plateau at most this × 2/η", min=0, strict=True, max=1),
