@@ -53,12 +53,14 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from samkit.experiments import Claim, ConfigError, Experiment, Figure, Table, Unit, fmt, register
+from samkit.data import DATASETS
+from samkit.experiments import Claim, ConfigError, Experiment, Figure, Param, Table, Unit, fmt, register
 from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
 
 __all__ = ["stability_edge", "EdgeOfStability"]
@@ -106,6 +108,42 @@ def _preset(**kw: Any) -> dict[str, Any]:
     }
     base.update(kw)
     return base
+
+
+@dataclass(frozen=True)
+class _PerEta(Param):
+    """A config key holding one list of numbers per step size in ``etas`` (``usam_rhos``, ``sam_rhos``).
+
+    Checks the shape only (a non-empty list of lists of numbers; an inner list may be empty when ``empty``); the
+    count per η and the values are checked by :meth:`EdgeOfStability.validate`, which words what they must be.
+
+    >>> _PerEta(list, "ρ per η").check("usam_rhos", [[0.005, 0.01]], {})
+    [[0.005, 0.01]]
+    >>> _PerEta(list, "ρ per η").check("usam_rhos", [0.01], {})
+    Traceback (most recent call last):
+    ...
+    samkit.experiments.base.ConfigError: usam_rhos[0] must be a non-empty list of numbers, got 0.01
+    """
+
+    empty: bool = False
+
+    def type_name(self) -> str:
+        return "list[list[float]]"
+
+    def check(self, key: str, value: Any, config: Mapping[str, Any]) -> Any:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{key} must be a non-empty list of lists of numbers (one per η), got {value!r}")
+        what = "list of numbers" if self.empty else "non-empty list of numbers"
+        for i, inner in enumerate(value):
+            if not isinstance(inner, (list, tuple)) or not (inner or self.empty):
+                raise ConfigError(f"{key}[{i}] must be a {what}, got {inner!r}")
+            for j, v in enumerate(inner):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ConfigError(f"{key}[{i}][{j}] must be a finite number, got {v!r}")
+        return value
+
+    def allowed(self) -> str:
+        return f"one {'(possibly empty) ' if self.empty else 'non-empty '}list of ρ > 0 per η"
 
 
 _DATA_CACHE: dict[tuple[str, int], Any] = {}
@@ -171,6 +209,28 @@ class EdgeOfStability(Experiment):
             eig_every=50,
         ),
     }
+    schema = {
+        "seed": Param(int, "seed recorded with the results (the runs use seeds)", min=0),
+        "dataset": Param(str, "training data (the first n_train images, flattened; one-hot targets)", choices=DATASETS),
+        "n_train": Param(int, "training images, all in every full-batch step", min=1),
+        "hidden": Param(list[int], "widths of the tanh MLP's hidden layers", min=1),
+        "etas": Param(list[float], "step sizes η (full-batch SGD without momentum)", min=0, strict=True),
+        "steps": Param(list[int], "steps of the runs at each η (one per η)", min=1),
+        "usam_rhos": _PerEta(list, "USAM's ρ at each η; λ* in (lambda_init_bound, max_edge_fraction × 2/η]"),
+        "sam_rhos": _PerEta(list, "SAM's ρ at each η", empty=True),
+        "seeds": Param(list[int], "seeds of the runs (the network's initialization)", min=0),
+        "eig_every": Param(int, "steps between two measurements of λ (with the loss and ‖g‖)", min=1),
+        "eig_tol": Param(float, "relative tolerance of the Lanczos top eigenvalue", min=0, strict=True),
+        "blowup": Param(float, "a run has diverged once its loss exceeds this", min=0, strict=True),
+        "lambda_init_bound": Param(float, "a bound on the initial λ: USAM's λ* must lie above it", min=0),
+        "max_edge_fraction": Param(float, "USAM's λ* and plateau at most this × 2/η (E8.3)", min=0, max=1, strict=True),
+        "plateau_tol": Param(float, "E8.1, E8.2: plateau / edge within 1 ± this", min=0, below=1, strict=True),
+        "stable_cv": Param(
+            float, "a plateau is stable when its last-third std/mean is at most this", min=0, strict=True
+        ),
+        "sam_max_fraction": Param(float, "SAM's plateau at most this × 2/η (E8.4)", min=0, max=1, strict=True),
+        "sam_edge_tol": Param(float, "E8.4: mean λ_t / edge_t within 1 ± this", min=0, below=1, strict=True),
+    }
 
     # -- config ---------------------------------------------------------------------------------------------------
     def config(self, preset: str = "quick", overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -183,33 +243,32 @@ class EdgeOfStability(Experiment):
         """Refuse a config whose runs could not exercise the mechanism (raises :class:`ConfigError`)."""
         etas, steps = cfg["etas"], cfg["steps"]
         if not etas or any(not (e > 0) for e in etas):
-            raise ConfigError(f"E8: etas must be positive step sizes, got {etas}")
+            raise ConfigError(f"etas must be positive step sizes, got {etas}")
         for key in ("steps", "usam_rhos", "sam_rhos"):
             if len(cfg[key]) != len(etas):
                 raise ConfigError(
-                    f"E8: {key} must have one entry per step size in etas ({len(etas)}), got {len(cfg[key])}: "
-                    f"{cfg[key]}"
+                    f"{key} must have one entry per step size in etas ({len(etas)}), got {len(cfg[key])}: {cfg[key]}"
                 )
         if any(s < 3 * cfg["eig_every"] for s in steps):
-            raise ConfigError(f"E8: steps {steps} must be at least 3 × eig_every = {3 * cfg['eig_every']}")
+            raise ConfigError(f"steps {steps} must be at least 3 × eig_every = {3 * cfg['eig_every']}")
         if cfg["eig_every"] < 1 or cfg["n_train"] < 1 or not cfg["seeds"]:
-            raise ConfigError("E8: eig_every and n_train must be >= 1 and seeds non-empty")
+            raise ConfigError("eig_every and n_train must be >= 1 and seeds non-empty")
         for eta, rhos, sam in zip(etas, cfg["usam_rhos"], cfg["sam_rhos"]):
             for rho in list(rhos) + list(sam):
                 if not (rho > 0):
-                    raise ConfigError(f"E8: every ρ must be > 0, got ρ = {rho} at η = {eta}")
+                    raise ConfigError(f"every ρ must be > 0, got ρ = {rho} at η = {eta}")
             gd_edge = 2.0 / eta
             for rho in rhos:
                 lam = stability_edge(eta, rho)
                 if lam <= cfg["lambda_init_bound"]:
                     raise ConfigError(
-                        f"E8: USAM at (η={eta:g}, ρ={rho:g}) has λ* = {lam:.3g} ≤ lambda_init_bound = "
+                        f"USAM at (η={eta:g}, ρ={rho:g}) has λ* = {lam:.3g} ≤ lambda_init_bound = "
                         f"{cfg['lambda_init_bound']:g} (the initial sharpness): there is no approach from below; "
                         "choose a smaller ρ or η"
                     )
                 if lam > cfg["max_edge_fraction"] * gd_edge:
                     raise ConfigError(
-                        f"E8: USAM at (η={eta:g}, ρ={rho:g}) has λ* = {lam:.3g} > max_edge_fraction × 2/η = "
+                        f"USAM at (η={eta:g}, ρ={rho:g}) has λ* = {lam:.3g} > max_edge_fraction × 2/η = "
                         f"{cfg['max_edge_fraction']:g} × {gd_edge:.3g}: too close to GD's edge to tell them apart; "
                         "choose a larger ρ"
                     )
