@@ -300,6 +300,18 @@ def _analyse(config: Mapping[str, Any], data: Mapping[str, Table], model: str) -
     return m
 
 
+def _accuracy_axes(ax: Any, diverged: str, xlabel: str, title: str) -> None:
+    """Finish a test-accuracy panel (log x, 0–100%); ``diverged``: the legend text of the × drawn, '' if none is."""
+    if diverged:  # the legend shows the marker only where one is drawn
+        ax.scatter([], [], marker="x", s=80, color="k", label=f"{diverged} (drawn at 10%)")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower left")
+
+
 def _decades(lo: float, hi: float) -> float:
     return math.log10(hi / lo) if lo > 0 and hi > 0 else float("nan")
 
@@ -783,9 +795,9 @@ class RhoRobustness(Experiment):
                 "Test accuracy against ρ",
                 "Final test accuracy (mean ± std over seeds; a diverged seed counts as 10%, chance) of SAM and USAM "
                 f"against ρ, one panel per model. Grey line: SGD (mean over seeds); dotted: SGD − {drop:g} points, "
-                "the 'trains' threshold. Crosses: at least one seed diverged. Windows (report only) — "
-                + self._windows_text(an, wp)
-                + f". {setting}.",
+                "the 'trains' threshold. Crosses: at least one seed diverged. Windows in raw ρ (report only; not "
+                "scale-free: as ρ → 0 both methods are SGD, so a window reaching the grid's smallest ρ has the grid's "
+                "lower edge, and ‖g‖ rescales USAM's ρ) — " + self._windows_text(an, wp) + f". {setting}.",
                 ids(2, 4),
                 ["data/runs.csv", "data/summary.csv"],
             ),
@@ -912,14 +924,12 @@ class RhoRobustness(Experiment):
                 ax.axhline(
                     a.sgd_acc - drop, color=METHOD_STYLE["gd"]["color"], lw=1, ls=":", label=f"SGD − {drop:g} points"
                 )
-            if any_div:
-                ax.scatter([], [], marker="x", s=80, color="k", label="a seed diverged (drawn at 10%)")
-            ax.set_xscale("log")
-            ax.set_ylim(0, 100)
-            ax.set_xlabel("perturbation radius ρ")
-            ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{model}, lr = {config['lr']:g}, {len(config['seeds'])} seed(s)")
-            ax.legend(fontsize=8, loc="lower left")
+            _accuracy_axes(
+                ax,
+                "a seed diverged" if any_div else "",
+                "perturbation radius ρ",
+                f"{model}, lr = {config['lr']:g}, {len(config['seeds'])} seed(s)",
+            )
         return save_figure(fig, fig_dir / "accuracy_vs_rho.png")
 
     @staticmethod
@@ -1086,14 +1096,7 @@ class RhoRobustness(Experiment):
                 if dx:
                     any_div = True
                     ax.scatter(dx, [y for y, d in zip(mean, div) if d], marker="x", s=80, color=color, zorder=5)
-            if any_div:
-                ax.scatter([], [], marker="x", s=80, color="k", label="diverged (drawn at 10%)")
-            ax.set_xscale("log")
+            _accuracy_axes(ax, "diverged" if any_div else "", "learning rate η", f"{model}: learning-rate sweep")
             ax.set_xticks(lrs, [f"{x:g}" for x in lrs])
             ax.minorticks_off()
-            ax.set_ylim(0, 100)
-            ax.set_xlabel("learning rate η")
-            ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{model}: learning-rate sweep")
-            ax.legend(fontsize=8, loc="lower left")
         return save_figure(fig, fig_dir / "lr_sweep.png")
