@@ -1006,11 +1006,16 @@ class RhoRobustness(Experiment):
                     continue
                 lab = "SGD" if m == "sgd" else f"{method_label(m)}, ρ = {rho:.2g}"
                 left.plot(c["epoch"], c["grad_norm"], color=METHOD_STYLE["gd" if m == "sgd" else m]["color"], label=lab)
-            pts = [p for p in a.points.get("usam", []) if not p.diverged.all()]
+            finite = {
+                float(r["rho"])
+                for r in data["runs"].where(model=model, method="usam", lr=lr, seed=seed0).rows
+                if not r["diverged"]
+            }
+            pts = [p for p in a.points.get("usam", []) if p.rho in finite]  # the first seed's finite runs
             cmap = plt.get_cmap("Reds")
             for i, p in enumerate(pts):
                 c = curves.get((model, "usam", lr, p.rho, seed0))
-                if c is None or not np.isfinite(c["eps_norm"]).any():
+                if c is None:
                     continue
                 color = cmap(0.35 + 0.65 * i / max(1, len(pts) - 1))
                 right.plot(c["epoch"], c["eps_norm"], color=color, lw=1.2, label=f"USAM ρ = {p.rho:.2g}")
@@ -1091,7 +1096,7 @@ class RhoRobustness(Experiment):
                     continue
                 color = METHOD_STYLE["gd" if m == "sgd" else m]["color"]
                 label = "SGD" if m == "sgd" else f"{method_label(m)}, ρ = {config['lr_sweep_rho']:g}"
-                ax.plot(xs, mean, color=color, marker="o", ms=4, label=label)
+                ax.plot(xs, mean, color=color, marker="o", ms=4, ls="--" if m == "sgd" else "-", label=label)
                 dx = [x for x, d in zip(xs, div) if d]
                 if dx:
                     any_div = True
