@@ -65,7 +65,7 @@ BAD = [
     ("E7", "dataset=mnist", "dataset must be one of fashion-mnist, cifar10, synthetic, got 'mnist'"),
     ("E7", "momentum=1", "momentum must be < 1, got 1.0"),
     ("E7", "seeds=0,-1", "seeds[1] must be an integer >= 0, got -1"),
-    ("E7", "rho_min=2", "rho_min must be < rho_max (= 1.0), got 2.0"),
+    ("E7", "rho_min=20", "rho_min must be < rho_max (= 10.0), got 20.0"),
 ]
 
 

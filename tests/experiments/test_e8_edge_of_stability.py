@@ -42,35 +42,45 @@ def test_stability_edge_closed_forms_and_bad_input():
 def test_presets_quick_is_one_step_size_and_full_is_the_prototype_grid():
     e8 = get("E8")
     quick, full = e8.config("quick"), e8.config("full")
-    assert quick["etas"] == [0.03] and quick["usam_rhos"] == [[0.005, 0.01]] and quick["sam_rhos"] == [[0.01]]
+    assert quick["etas"] == [0.03] and quick["usam_rhos"] == [0.005, 0.01] and quick["sam_rhos"] == [0.01]
     assert quick["n_train"] == full["n_train"] == 1000 and quick["hidden"] == full["hidden"] == [128, 128]
     assert full["etas"] == [0.02, 0.03] and full["steps"] == [4000, 3000] and full["seeds"] == [0, 1]
-    assert full["usam_rhos"] == [[0.005, 0.01, 0.02], [0.005, 0.01]] and full["sam_rhos"] == [[0.01], []]
-    # per seed: a GD control at each η, every USAM ρ, SAM at 0.02
+    usam = set(zip(full["usam_etas"], full["usam_rhos"]))
+    assert usam == {(0.02, 0.005), (0.02, 0.01), (0.02, 0.02), (0.03, 0.005), (0.03, 0.01)}
+    assert list(zip(full["sam_etas"], full["sam_rhos"])) == [(0.02, 0.01)]
+    # per seed: a GD control at each η, every USAM (η, ρ), SAM at (0.02, 0.01)
     assert len(e8.units(full)) == 2 * ((1 + 3 + 1) + (1 + 2)) and len(e8.units(quick)) == 4
     methods = {(u.params["method"], u.params["eta"], u.params["rho"]) for u in e8.units(quick)}
     assert methods == {("gd", 0.03, 0.0), ("usam", 0.03, 0.005), ("usam", 0.03, 0.01), ("sam", 0.03, 0.01)}
+    steps = {(u.params["method"], u.params["eta"]): u.params["steps"] for u in e8.units(full)}
+    assert steps[("usam", 0.02)] == steps[("sam", 0.02)] == 4000 and steps[("usam", 0.03)] == 3000
 
 
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (["usam_rhos=0.001"], r"\(η=0.03, ρ=0.001\).*too close to GD's edge"),  # λ* = 64.7 ≈ 2/η = 66.7
-        (["usam_rhos=0.05"], r"\(η=0.03, ρ=0.05\).*no approach from below"),  # λ* = 29.7 < initial λ ≈ 34–40
-        (["etas=0.03,0.02"], "steps must have one entry per step size"),
-        (["steps=100"], "at least 3 × eig_every"),
-        (["sam_rhos=0"], "every ρ must be > 0"),
+        (["usam_rhos=0.005,0.001"], r"\(η=0.03, ρ=0.001\).*too close to GD's edge"),  # λ* = 64.7 ≈ 2/η = 66.7
+        (["usam_rhos=0.005,0.05"], r"\(η=0.03, ρ=0.05\).*no approach from below"),  # λ* = 29.7 < initial λ 34–40
+        (["etas=0.03,0.02"], "steps must hold 2 values"),
+        (["steps=250"], "at least 3 × eig_every"),
+        (["sam_rhos=0"], "sam_rhos\\[0\\] must be a positive"),
+        (["usam_rhos=0.01"], "usam_rhos must hold 2 values"),
+        (["sam_etas=0.02"], "sam_etas must each be one of etas"),
+        (["usam_rhos=0.01,0.01"], "the same"),
     ],
 )
 def test_validation_refuses_runs_that_cannot_exercise_the_mechanism(overrides, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match) as err:
         get("E8").config("quick", overrides)
+    assert str(err.value).startswith("E8: ") and "\n" not in str(err.value)
 
 
 def test_cli_prints_the_refused_rho_without_running(capsys, tmp_path):
     from samkit.cli import main
 
-    code = main(["run", "E8", "--preset", "quick", "--out", str(tmp_path), "--set", "usam_rhos=0.05", "--no-progress"])
+    code = main(
+        ["run", "E8", "--preset", "quick", "--out", str(tmp_path), "--set", "usam_rhos=0.005,0.05", "--no-progress"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "η=0.03, ρ=0.05" in err and "Traceback" not in err
     assert not (tmp_path / "E8").exists()
@@ -140,7 +150,7 @@ def test_usam_rows_labelled_sam_fail(tiny, kit):
 @pytest.mark.parametrize("factor", [1.1, 0.9])
 def test_a_usam_plateau_shifted_by_ten_percent_fails_e8_2(tiny, kit, factor):
     exp, _, cfg, data, _ = tiny
-    rho = cfg["usam_rhos"][0][1]  # the larger ρ: shifted either way, its plateau stays below the smaller ρ's
+    rho = cfg["usam_rhos"][1]  # the larger ρ: shifted either way, its plateau stays below the smaller ρ's
     got = kit.verdicts(exp.claims(cfg, _scale(data, kit, {"method": "usam", "rho": rho}, factor)))
     assert got == {"E8.1": "PASS", "E8.2": "FAIL", "E8.3": "PASS", "E8.4": "PASS"}
 
@@ -162,7 +172,7 @@ def test_gd_short_of_its_edge_fails_the_control_and_leaves_the_rest_not_exercise
 
 def test_usam_plateaus_not_decreasing_in_rho_fail_e8_3(tiny, kit):
     exp, _, cfg, data, _ = tiny
-    lo, hi = cfg["usam_rhos"][0]
+    lo, hi = cfg["usam_rhos"]
     # give the larger ρ the smaller ρ's sharpness curve
     src = {r["step"]: r["lam"] for r in data["curves"].where(method="usam", rho=lo).rows}
     bad = kit.edit(data, "curves", {"method": "usam", "rho": hi}, lam=lambda r: src[r["step"]])
@@ -186,7 +196,7 @@ def test_sam_off_its_grad_norm_edge_fails_e8_4(tiny, kit):
 
 def test_a_diverged_usam_run_leaves_its_claims_not_exercised(tiny, kit):
     exp, _, cfg, data, _ = tiny
-    bad = kit.edit(data, "runs", {"method": "usam", "rho": cfg["usam_rhos"][0][1]}, diverged=True)
+    bad = kit.edit(data, "runs", {"method": "usam", "rho": cfg["usam_rhos"][1]}, diverged=True)
     claims = {c.id: c for c in exp.claims(cfg, bad)}
     assert {i: c.verdict for i, c in claims.items()} == {"E8.1": "PASS", "E8.2": "NOT EXERCISED",
                                                          "E8.3": "NOT EXERCISED", "E8.4": "PASS"}  # fmt: skip
@@ -195,7 +205,7 @@ def test_a_diverged_usam_run_leaves_its_claims_not_exercised(tiny, kit):
 
 def test_usam_starting_above_lambda_star_is_not_exercised(tiny, kit):
     exp, _, cfg, data, _ = tiny
-    rho = cfg["usam_rhos"][0][0]
+    rho = cfg["usam_rhos"][0]
     bad = kit.edit(data, "curves", {"method": "usam", "rho": rho, "step": 0}, lam=2.0 / cfg["etas"][0])
     claims = {c.id: c for c in exp.claims(cfg, bad)}
     assert claims["E8.2"].verdict == "NOT EXERCISED" and "no approach from below" in claims["E8.2"].measured

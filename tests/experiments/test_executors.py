@@ -33,7 +33,7 @@ HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 @pytest.fixture
 def squares(monkeypatch):
     monkeypatch.syspath_prepend(str(HELPERS))  # worker processes inherit sys.path, so they import it too
-    for var in ("SAMKIT_TEST_KILL_ONCE", "SAMKIT_TEST_FAIL_KEY", "SAMKIT_TEST_MISSING"):
+    for var in ("SAMKIT_TEST_KILL_ONCE", "SAMKIT_TEST_FAIL_KEY", "SAMKIT_TEST_MISSING", "SAMKIT_TEST_RENDEZVOUS"):
         monkeypatch.delenv(var, raising=False)
     return importlib.import_module("fault_experiments").Squares()
 
@@ -59,11 +59,15 @@ def test_jobs_1_and_2_give_byte_identical_data(name, tmp_path):
     assert [c["measured"] for c in claims_a] == [c["measured"] for c in res["claims"]]
 
 
-def test_pool_really_runs_units_in_parallel_worker_processes(squares, tmp_path):
+def test_pool_really_runs_units_in_parallel_worker_processes(squares, tmp_path, monkeypatch):
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    monkeypatch.setenv("SAMKIT_TEST_RENDEZVOUS", str(meet))  # a unit waits until a second process runs one too
     with PoolExecutor(2) as pool:
         run_experiment(squares, "quick", tmp_path, progress=False, executor=pool)
     pids = {read_json(p)["result"]["pid"] for p in (tmp_path / "SQUARES" / "units").glob("*.json")}
     assert os.getpid() not in pids and len(pids) == 2
+    assert len(os.listdir(meet)) == 2  # two worker processes were inside units at the same time
 
 
 def test_a_worker_killed_mid_unit_is_retried_and_the_result_is_the_clean_one(squares, tmp_path, monkeypatch):

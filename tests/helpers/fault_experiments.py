@@ -3,6 +3,8 @@
 ``SAMKIT_TEST_KILL_ONCE=PATH``: the first unit that finds no file at PATH creates it and SIGKILLs its own process
 (a worker dying mid-unit). ``SAMKIT_TEST_FAIL_KEY=KEY``: the unit with that key raises.
 ``SAMKIT_TEST_MISSING=why``: the experiment reports a missing prerequisite.
+``SAMKIT_TEST_RENDEZVOUS=DIR``: each unit writes its pid into DIR and waits (up to 60 s) until two distinct processes
+have — it finishes only when two units really run at the same time in two processes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class Squares(Experiment):
             os.kill(os.getpid(), signal.SIGKILL)
         if os.environ.get("SAMKIT_TEST_FAIL_KEY") == f"x{params['x']:g}":
             raise ValueError("this unit is broken on purpose")
+        meet = os.environ.get("SAMKIT_TEST_RENDEZVOUS")
+        if meet:
+            open(os.path.join(meet, str(os.getpid())), "w").close()
+            deadline = time.time() + 60
+            while len(os.listdir(meet)) < 2 and time.time() < deadline:
+                time.sleep(0.01)
         time.sleep(params["sleep"])
         return {"y": params["x"] ** 2, "pid": os.getpid()}
 

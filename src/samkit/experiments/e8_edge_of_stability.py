@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from samkit.experiments import Claim, ConfigError, Experiment, Figure, Table, Unit, fmt, register
+from samkit.experiments import Claim, ConfigError, Experiment, Figure, Param, Table, Unit, fmt, register
 from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
 
 __all__ = ["stability_edge", "EdgeOfStability"]
@@ -91,8 +91,10 @@ def _preset(**kw: Any) -> dict[str, Any]:
         "hidden": [128, 128],
         "etas": [0.03],
         "steps": [2000],
-        "usam_rhos": [[0.005, 0.01]],
-        "sam_rhos": [[0.01]],
+        "usam_etas": [0.03, 0.03],
+        "usam_rhos": [0.005, 0.01],
+        "sam_etas": [0.03],
+        "sam_rhos": [0.01],
         "seeds": [0],
         "eig_every": 50,
         "eig_tol": 1e-3,
@@ -122,7 +124,7 @@ def _data(dataset: str, n: int) -> tuple[Any, Any]:
         try:
             train, _ = load_dataset(dataset)
         except DataError as err:
-            raise ConfigError(f"E8: {err}") from None
+            raise ConfigError(str(err)) from None
         sub = train.subset(n)
         x = sub.normalize(sub.images).reshape(len(sub), -1)
         y = torch.nn.functional.one_hot(sub.labels, sub.num_classes).to(x.dtype)
@@ -156,8 +158,10 @@ class EdgeOfStability(Experiment):
             hidden=[32, 32, 32],
             etas=[0.05],
             steps=[800],
-            usam_rhos=[[0.01, 0.02]],
-            sam_rhos=[[0.02]],
+            usam_etas=[0.05, 0.05],
+            usam_rhos=[0.01, 0.02],
+            sam_etas=[0.05],
+            sam_rhos=[0.02],
             eig_every=40,
             lambda_init_bound=25.0,
         ),
@@ -165,54 +169,70 @@ class EdgeOfStability(Experiment):
         "full": _preset(
             etas=[0.02, 0.03],
             steps=[4000, 3000],
-            usam_rhos=[[0.005, 0.01, 0.02], [0.005, 0.01]],
-            sam_rhos=[[0.01], []],
+            usam_etas=[0.02, 0.02, 0.02, 0.03, 0.03],
+            usam_rhos=[0.005, 0.01, 0.02, 0.005, 0.01],
+            sam_etas=[0.02],
+            sam_rhos=[0.01],
             seeds=[0, 1],
-            eig_every=50,
         ),
+    }
+    schema = {
+        "seed": Param(int, "seed recorded with the results (the runs use seeds)", min=0),
+        "dataset": Param(str, "training images (the first n_train, flattened)", choices=("fashion-mnist",)),
+        "n_train": Param(int, "training images used, all in every full-batch step", min=1),
+        "hidden": Param(list[int], "widths of the tanh hidden layers", min=1),
+        "etas": Param(list[float], "step sizes; a GD control runs at each", min=0, strict=True),
+        "steps": Param(list[int], "steps of every run at each step size", min=1, length="etas"),
+        "usam_etas": Param(list[float], "step size of each USAM run (each one of etas)", min=0, strict=True),
+        "usam_rhos": Param(list[float], "ρ of each USAM run", min=0, strict=True, length="usam_etas"),
+        "sam_etas": Param(list[float], "step size of each SAM run (each one of etas)", min=0, strict=True),
+        "sam_rhos": Param(list[float], "ρ of each SAM run", min=0, strict=True, length="sam_etas"),
+        "seeds": Param(list[int], "seeds: every run once per seed", min=0),
+        "eig_every": Param(int, "steps between two Lanczos measurements of λ", min=1),
+        "eig_tol": Param(float, "relative tolerance of each λ measurement", min=0, strict=True, below=1),
+        "blowup": Param(float, "a loss at or above this (or non-finite) is a divergence", min=0, strict=True),
+        "lambda_init_bound": Param(float, "USAM's λ* must exceed this bound on the initial λ", min=0),
+        "max_edge_fraction": Param(
+            float, "E8.3: USAM plateau at most this × 2/η; so must λ* be", min=0, strict=True, max=1
+        ),
+        "plateau_tol": Param(float, "E8.1/E8.2: |plateau/edge − 1| allowed", min=0, strict=True, below=1),
+        "stable_cv": Param(float, "a plateau's last-third std/mean must be at most this", min=0, strict=True),
+        "sam_max_fraction": Param(float, "E8.4: SAM's plateau at most this × 2/η", min=0, strict=True, max=1),
+        "sam_edge_tol": Param(float, "E8.4: |mean λ_t/edge_t − 1| allowed", min=0, strict=True, below=1),
     }
 
     # -- config ---------------------------------------------------------------------------------------------------
-    def config(self, preset: str = "quick", overrides: Sequence[str] = ()) -> dict[str, Any]:
-        cfg = super().config(preset, overrides)
-        self.validate(cfg)
-        return cfg
-
-    @staticmethod
-    def validate(cfg: Mapping[str, Any]) -> None:
-        """Refuse a config whose runs could not exercise the mechanism (raises :class:`ConfigError`)."""
-        etas, steps = cfg["etas"], cfg["steps"]
-        if not etas or any(not (e > 0) for e in etas):
-            raise ConfigError(f"E8: etas must be positive step sizes, got {etas}")
-        for key in ("steps", "usam_rhos", "sam_rhos"):
-            if len(cfg[key]) != len(etas):
+    def validate(self, config: Mapping[str, Any]) -> None:
+        """Every USAM/SAM step size is one of etas, no run twice, steps ≥ 3 measurements, and every USAM (η, ρ) has
+        its λ* clearly between the initial λ (lambda_init_bound) and max_edge_fraction × 2/η."""
+        etas = config["etas"]
+        if len(set(etas)) != len(etas):
+            raise ConfigError(f"etas must be distinct, got {etas}")
+        if any(s < 3 * config["eig_every"] for s in config["steps"]):
+            raise ConfigError(
+                f"steps must be at least 3 × eig_every = {3 * config['eig_every']}, got {config['steps']}"
+            )
+        for method in ("usam", "sam"):
+            pairs = list(zip(config[f"{method}_etas"], config[f"{method}_rhos"]))
+            for eta in config[f"{method}_etas"]:
+                if not any(math.isclose(eta, e) for e in etas):
+                    raise ConfigError(f"{method}_etas must each be one of etas {etas} (its GD control), got {eta}")
+            if len(set(pairs)) != len(pairs):
+                raise ConfigError(f"{method}_etas/{method}_rhos list the same (η, ρ) twice: {pairs}")
+        for eta, rho in zip(config["usam_etas"], config["usam_rhos"]):
+            lam, gd_edge = stability_edge(eta, rho), 2.0 / eta
+            if lam <= config["lambda_init_bound"]:
                 raise ConfigError(
-                    f"E8: {key} must have one entry per step size in etas ({len(etas)}), got {len(cfg[key])}: "
-                    f"{cfg[key]}"
+                    f"USAM at (η={eta:g}, ρ={rho:g}) has λ* = {lam:.3g} ≤ lambda_init_bound = "
+                    f"{config['lambda_init_bound']:g} (the initial sharpness): there is no approach from below; "
+                    "choose a smaller ρ or η"
                 )
-        if any(s < 3 * cfg["eig_every"] for s in steps):
-            raise ConfigError(f"E8: steps {steps} must be at least 3 × eig_every = {3 * cfg['eig_every']}")
-        if cfg["eig_every"] < 1 or cfg["n_train"] < 1 or not cfg["seeds"]:
-            raise ConfigError("E8: eig_every and n_train must be >= 1 and seeds non-empty")
-        for eta, rhos, sam in zip(etas, cfg["usam_rhos"], cfg["sam_rhos"]):
-            for rho in list(rhos) + list(sam):
-                if not (rho > 0):
-                    raise ConfigError(f"E8: every ρ must be > 0, got ρ = {rho} at η = {eta}")
-            gd_edge = 2.0 / eta
-            for rho in rhos:
-                lam = stability_edge(eta, rho)
-                if lam <= cfg["lambda_init_bound"]:
-                    raise ConfigError(
-                        f"E8: USAM at (η={eta:g}, ρ={rho:g}) has λ* = {lam:.3g} ≤ lambda_init_bound = "
-                        f"{cfg['lambda_init_bound']:g} (the initial sharpness): there is no approach from below; "
-                        "choose a smaller ρ or η"
-                    )
-                if lam > cfg["max_edge_fraction"] * gd_edge:
-                    raise ConfigError(
-                        f"E8: USAM at (η={eta:g}, ρ={rho:g}) has λ* = {lam:.3g} > max_edge_fraction × 2/η = "
-                        f"{cfg['max_edge_fraction']:g} × {gd_edge:.3g}: too close to GD's edge to tell them apart; "
-                        "choose a larger ρ"
-                    )
+            if lam > config["max_edge_fraction"] * gd_edge:
+                raise ConfigError(
+                    f"USAM at (η={eta:g}, ρ={rho:g}) has λ* = {lam:.3g} > max_edge_fraction × 2/η = "
+                    f"{config['max_edge_fraction']:g} × {gd_edge:.3g}: too close to GD's edge to tell them apart; "
+                    "choose a larger ρ"
+                )
 
     def missing(self, config: Mapping[str, Any]) -> str | None:
         """The dataset's problem (not installed, corrupt) before any unit starts, or ``None``."""
@@ -226,8 +246,11 @@ class EdgeOfStability(Experiment):
     def units(self, config: Mapping[str, Any]) -> list[Unit]:
         base = {k: config[k] for k in ("dataset", "n_train", "hidden", "eig_every", "eig_tol", "blowup")}
         out = []
-        for eta, steps, usam, sam in zip(config["etas"], config["steps"], config["usam_rhos"], config["sam_rhos"]):
-            runs = [("gd", 0.0)] + [("usam", r) for r in usam] + [("sam", r) for r in sam]
+        for eta, steps in zip(config["etas"], config["steps"]):
+            runs = [("gd", 0.0)]
+            for method in ("usam", "sam"):
+                pairs = zip(config[f"{method}_etas"], config[f"{method}_rhos"])
+                runs += [(method, rho) for e, rho in pairs if math.isclose(e, eta)]
             for method, rho in runs:
                 for s in config["seeds"]:
                     p = {**base, "method": method, "eta": eta, "rho": rho, "steps": steps, "seed": s}
@@ -405,9 +428,14 @@ class EdgeOfStability(Experiment):
 
     def _setting(self, config: Mapping[str, Any]) -> str:
         hidden = "-".join(str(h) for h in config["hidden"])
+
+        def rhos(method: str, eta: float) -> list[float]:
+            pairs = zip(config[f"{method}_etas"], config[f"{method}_rhos"])
+            return [r for e, r in pairs if math.isclose(e, eta)]
+
         runs = "; ".join(
-            f"η={e:g}: {s} steps, USAM ρ∈{list(u)}, SAM ρ∈{list(m)}"
-            for e, s, u, m in zip(config["etas"], config["steps"], config["usam_rhos"], config["sam_rhos"])
+            f"η={e:g}: {s} steps, USAM ρ∈{rhos('usam', e)}, SAM ρ∈{rhos('sam', e)}"
+            for e, s in zip(config["etas"], config["steps"])
         )
         return (
             f"tanh MLP input-{hidden}-10, first {config['n_train']} {config['dataset']} images, ½‖f−y‖² (one-hot), "
