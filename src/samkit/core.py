@@ -56,12 +56,14 @@ __all__ = [
     "check_rho",
     "global_norm",
     "batched_norm",
+    "batched_norm_plain",
     "nonfinite",
     "unscale_",
     "coefficients",
     "Perturbation",
     "perturb",
     "perturb_batched",
+    "batched_coefficients",
     "perturbation_scale",
     "adaptive_scale",
     "perturbation",
@@ -221,12 +223,45 @@ def batched_norm(x: Tensor, start_dim: int = 1) -> Tensor:
     >>> batched_norm(torch.tensor([[3e-200, 4e-200], [0.0, 0.0]], dtype=torch.float64)).tolist()
     [5e-200, 0.0]
     """
-    flat = x.flatten(start_dim) if x.dim() > start_dim else x.unsqueeze(-1)
-    plain = torch.linalg.vector_norm(flat, dim=-1)
-    redo = ~(torch.isfinite(plain) & (plain > _exact_floor(plain.dtype)))
-    if bool(redo.any()):
+    flat = _rows(x, start_dim)
+    plain, exact = batched_norm_plain(flat)
+    redo = exact < 1
+    if _traced() or bool(redo.any()):  # traced: no host read, both norms are computed and selected row by row
         plain = torch.where(redo, _scaled_norm(flat), plain)
     return plain
+
+
+def batched_norm_plain(x: Tensor, start_dim: int = 1) -> tuple[Tensor, Tensor]:
+    """The plain L2 norm of each row, and ``exact``: 1.0 where it is :func:`batched_norm`'s value bit for bit, 0.0
+    where it is out of range (non-finite, or small enough for squares to underflow).
+
+    The fast path of a fused step, which recomputes the flagged rows with :func:`batched_norm`. ``exact`` is a
+    float mask, computed by comparisons and selections only: branch-free, and cheap in compiled code (where boolean
+    algebra on masks is not).
+
+    >>> n, exact = batched_norm_plain(torch.tensor([[3.0, 4.0], [3e-200, 4e-200]], dtype=torch.float64))
+    >>> n[0].item(), exact.tolist()
+    (5.0, [1.0, 0.0])
+    """
+    plain = torch.linalg.vector_norm(_rows(x, start_dim), dim=-1)
+    return plain, _mask(plain > _exact_floor(plain.dtype), _mask(plain < math.inf, 1.0, plain), plain)
+
+
+def _mask(cond: Tensor, yes: Tensor | float, like: Tensor) -> Tensor:
+    """``yes`` where ``cond``, else 0, as a float mask of ``like``'s dtype and device."""
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return torch.where(cond, yes if isinstance(yes, Tensor) else zero + yes, zero)
+
+
+def _rows(x: Tensor, start_dim: int) -> Tensor:
+    return x.flatten(start_dim) if x.dim() > start_dim else x.unsqueeze(-1)
+
+
+def _traced() -> bool:
+    """True while ``torch.compile`` traces the code: take the branch-free form of a data-dependent branch (the same
+    numbers row by row: where the eager code skips a ``torch.where`` because no row needs it, the traced code selects
+    the same values)."""
+    return torch.compiler.is_compiling()
 
 
 # ---------------------------------------------------------------------------------------------- non-finite checks
@@ -378,16 +413,48 @@ def perturb_batched(g: Tensor, rho: Tensor | float, lam: float, eps: float) -> T
     >>> perturb_batched(g, torch.tensor([1.0, 1.0], dtype=torch.float64), lam=1.0, eps=0.0).tolist()
     [[0.6000000000000001, 0.8], [0.0, 0.0]]
     """
+    c, exact = batched_coefficients(g, rho, lam, eps)
+    e = batch_view(c, g.dim()) * g
+    if exact is not None:
+        inexact = exact < 1
+        if _traced() or bool(inexact.any()):
+            e = torch.where(batch_view(inexact, g.dim()), _perturb_batched_exact(g, rho, lam, eps), e)
+    return e
+
+
+def batched_coefficients(g: Tensor, rho: Tensor | float, lam: float, eps: float) -> tuple[Tensor, Tensor | None]:
+    """The fast path of :func:`perturb_batched`: the coefficient ``c`` of each row (``[B]``, from the plain norm) and
+    ``exact``: 1.0 where ``c · g`` is :func:`perturb_batched`'s ε bit for bit, 0.0 where it is not (a norm out of
+    range, or an overflowing coefficient); None where every row is exact (USAM, which needs no norm).
+
+    A fused step runs this and recomputes the flagged steps with :func:`perturb_batched`. ``exact`` is a float mask
+    (see :func:`batched_norm_plain`).
+
+    >>> g = torch.tensor([[3.0, 4.0], [3e-320, 4e-320]], dtype=torch.float64)
+    >>> c, exact = batched_coefficients(g, 1.0, lam=1.0, eps=0.0)
+    >>> c[0].item(), exact.tolist()
+    (0.2, [1.0, 0.0])
+    """
+    rho = torch.as_tensor(rho, dtype=g.dtype, device=g.device).expand(g.shape[0])
+    if lam == 0:  # USAM: c = ρ, no norm, nothing to rescale
+        return coefficients(torch.ones_like(rho), rho, lam, eps), None
+    norm, exact = batched_norm_plain(g)
+    c = coefficients(norm, rho, lam, eps)
+    return c, _mask(c - c == 0, exact, exact)  # c - c == 0: c is finite
+
+
+def _perturb_batched_exact(g: Tensor, rho: Tensor | float, lam: float, eps: float) -> Tensor:
+    """:func:`perturb_batched` over the whole floating-point range (the scale-safe norm; where ``ρ/‖g‖`` overflows, the
+    same ε from ``g / max|g|``)."""
     nd = g.dim()
     rho = torch.as_tensor(rho, dtype=g.dtype, device=g.device).expand(g.shape[0])
-    norm = batched_norm(g) if lam > 0 else torch.ones_like(rho)  # USAM does not need the norm
-    c = coefficients(norm, rho, lam, eps)
+    c = coefficients(batched_norm(g), rho, lam, eps)
     bad = ~torch.isfinite(c)
-    if bool(bad.any()):  # ρ/‖g‖ overflows in some rows: there, ε = c' · g / max|g|
+    if _traced() or bool(bad.any()):  # ρ/‖g‖ overflows in some rows: there, ε = c' · g / max|g|
         s, ghat = _max_scaled(g.flatten(1), 1)
         s = s.squeeze(1)
         c = torch.where(bad, coefficients(torch.linalg.vector_norm(ghat, dim=1), rho, lam, eps, scale=s), c)
-        g = torch.where(batch_view(bad, nd), ghat.view_as(g), g)
+        g = torch.where(batch_view(bad, nd), ghat.reshape(g.shape), g)
     return batch_view(c, nd) * g
 
 
