@@ -57,7 +57,15 @@ def assert_same(eager, fused, rtol=1e-12):
 
 CASES = [
     # problem, method, eta, rho, x0, steps, kwargs; each mixes converging and diverging configurations
-    (Quadratic([20.0, 5.0, 1.0], rotate=True, seed=1), "sam", [0.01, 0.08, 0.099, 0.15], [0.0, 0.1, 1.0, 2.0], None, 60, {"blowup": 1e10}),
+    (
+        Quadratic([20.0, 5.0, 1.0], rotate=True, seed=1),
+        "sam",
+        [0.01, 0.08, 0.099, 0.15],
+        [0.0, 0.1, 1.0, 2.0],
+        None,
+        60,
+        {"blowup": 1e10},
+    ),
     (Quadratic([10.0, 1.0]), "usam", [0.05, 0.09, 0.105, 0.2], 0.1, None, 80, {"blowup": 1e6}),
     (SmoothStronglyConvex([5.0, 1.0], c=0.5), "unified", [0.1, 0.3, 0.5], [0.1, 0.3, 1.0], None, 50, {"lam": 0.4}),
     (SingleNeuron("sqrt"), "gd", [0.1, 0.5, 3.0], 0.0, None, 40, {"blowup": 1e8}),
@@ -86,7 +94,9 @@ def test_divergence_is_frozen_at_the_last_finite_iterate(traced):
     torch.testing.assert_close(x[33, 0], torch.tensor(-(2.0**33), dtype=F64))
     assert res.series["path_length"][-1, 1] == res.series["path_length"][33, 1]
     # non-finite in one step (overflow): diverged at step 1, frozen at x0
-    r2 = simulate(ScalarFactorization(), "usam", 0.1, 10.0, x0=torch.tensor([1e60, 1e60], dtype=F64), steps=3, fused=True)
+    r2 = simulate(
+        ScalarFactorization(), "usam", 0.1, 10.0, x0=torch.tensor([1e60, 1e60], dtype=F64), steps=3, fused=True
+    )
     assert r2.diverged_at.tolist() == [1] and torch.equal(r2.final[0], torch.tensor([1e60, 1e60], dtype=F64))
     # every run diverged: the rest of the record repeats the frozen values
     r3 = simulate(q, "gd", [0.3, 0.4], x0=torch.ones(2), steps=300, blowup=1e3, record=("x",), fused=True)
