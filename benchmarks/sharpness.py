@@ -1,14 +1,16 @@
 """Benchmark: the top Hessian eigenvalue at equal accuracy, samkit vs PyHessian, in the same run (numbers only).
 
-Small CNN (conv16-conv32-maxpool-linear, 25 578 parameters) at its seeded initialization, cross-entropy on 128 seeded
-random 3x16x16 images, float32, one thread. The reference is samkit's Lanczos in float64 at ``tol=1e-10``.
+Small CNNs (conv16-conv32-pool-linear, 25 578 parameters; average pooling: a clear top eigenvalue, λ2/λ1 ≈ 0.76; max
+pooling: a near-degenerate top pair, λ2/λ1 ≈ 0.98) at their seeded initialization, cross-entropy on 128 seeded random
+3x16x16 images, float32, one thread. The reference is samkit's Lanczos in float64 at ``tol=1e-10``.
 
 * PyHessian (``pip install --no-deps pyhessian``; skipped with a message when absent): its power iteration from its
   own random start (``torch.manual_seed(seed)``), observed product by product: the fewest iterations whose
   estimate is within ``--accuracy`` (default 1e-3, relative) of the reference; then timed alone at exactly that many
   iterations (its setup, the first-order graph it keeps, included).
-* samkit: ``top_eigenvalues`` at the largest ``tol`` of a ladder whose result is within the same accuracy, timed the
-  same way (building the objective included); and at its default ``tol=1e-3`` for the record.
+* samkit: ``top_eigenvalues`` (its default start: the gradient plus a random vector) at the largest ``tol`` of a
+  ladder whose result is within the same accuracy, timed the same way (building the objective included); at its
+  default ``tol=1e-3`` for the record; and from a random start (``start="random"``).
 * Warm start (monitoring during training): after a full-batch SGD step at lr 0.01 and after 5 at lr 0.1, samkit
   started from the previous top eigenvector (``v0``) against a cold start and against PyHessian (no warm start).
 
@@ -43,14 +45,14 @@ class Found(Exception):
     """Stops an observed PyHessian run once it is accurate enough."""
 
 
-def small_cnn(seed: int = 0) -> nn.Module:
+def small_cnn(seed: int = 0, pool: type[nn.Module] = nn.MaxPool2d) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),
         nn.ReLU(),
         nn.Conv2d(16, 32, 3, padding=1),
         nn.ReLU(),
-        nn.MaxPool2d(2),
+        pool(2),
         nn.Flatten(),
         nn.Linear(32 * 8 * 8, 10),
     ).eval()
@@ -103,16 +105,18 @@ def pyhessian_time(model: nn.Module, data: tuple, iters: int, seed: int) -> tupl
     return time.perf_counter() - t0, float(ev[0])
 
 
-def samkit_at(model: nn.Module, data: tuple, tol: float, seed: int, v0: torch.Tensor | None = None):
+def samkit_at(
+    model: nn.Module, data: tuple, tol: float, seed: int, v0: torch.Tensor | None = None, start: str = "gradient"
+):
     t0 = time.perf_counter()
-    r = top_eigenvalues(model, F.cross_entropy, [data], tol=tol, seed=seed, v0=v0, max_iter=400)
+    r = top_eigenvalues(model, F.cross_entropy, [data], tol=tol, seed=seed, v0=v0, start=start, max_iter=400)
     return time.perf_counter() - t0, r
 
 
-def samkit_needs(model, data, lam, accuracy, seed, v0=None):
+def samkit_needs(model, data, lam, accuracy, seed, v0=None, start="gradient"):
     """The largest tol of the ladder whose result is within ``accuracy``: (tol, seconds, result)."""
     for tol in TOLS:
-        secs, r = samkit_at(model, data, tol, seed, v0)
+        secs, r = samkit_at(model, data, tol, seed, v0, start)
         if abs(float(r.eigenvalues[0]) - lam) <= accuracy * abs(lam):
             return tol, secs, r
     return None, secs, r
@@ -136,13 +140,25 @@ def compare_with_pyhessian(seeds: int, accuracy: float, cap: int) -> None:
         print("PyHessian is not installed (pip install --no-deps pyhessian): the comparison is skipped")
         return
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")  # PyHessian's deprecated calls
-    model, data = small_cnn(), cnn_data()
-    lam, vec = reference(model, data)
-    print(f"small CNN, {sum(p.numel() for p in model.parameters())} parameters, 128 images; lambda_max = {lam:.6f}")
+    data = cnn_data()
+    for pool in (nn.AvgPool2d, nn.MaxPool2d):
+        model = small_cnn(pool=pool)
+        cold_start(model, data, seeds, accuracy, cap, pool.__name__)
+    warm_start(model, data, seeds, accuracy, cap)
+
+
+def cold_start(model: nn.Module, data: tuple, seeds: int, accuracy: float, cap: int, name: str) -> None:
+    lam, _ = reference(model, data)
+    lam2 = float(top_eigenvalues(model, F.cross_entropy, [data], k=2, tol=1e-8, dtype=torch.float64).eigenvalues[1])
     print(
-        f"  {'seed':>4} {'PyH HVPs':>8} {'PyH s':>7} {'tol':>7} {'HVPs':>5} {'s':>6} {'err':>8} {'@1e-3: HVPs':>11} {'err':>8}"
+        f"small CNN ({name}), {sum(p.numel() for p in model.parameters())} parameters, 128 images; lambda_max = "
+        f"{lam:.6f}, lambda_2 / lambda_max = {lam2 / lam:.3f}"
     )
-    hvp_ratios, time_ratios, misses = [], [], 0
+    print(
+        f"  {'seed':>4} {'PyH HVPs':>8} {'PyH s':>7} {'tol':>7} {'HVPs':>5} {'s':>6} {'err':>8} {'@1e-3: HVPs':>11} "
+        f"{'err':>8} {'random start: tol':>17} {'HVPs':>5}"
+    )
+    hvp_ratios, time_ratios, rnd_ratios, misses = [], [], [], 0
     for seed in range(seeds):
         k = pyhessian_needs(model, data, lam, accuracy, seed, cap)
         if k is None:
@@ -153,10 +169,13 @@ def compare_with_pyhessian(seeds: int, accuracy: float, cap: int) -> None:
         _, r_def = samkit_at(model, data, 1e-3, seed)
         err = abs(float(r.eigenvalues[0]) - lam) / lam
         err_def = abs(float(r_def.eigenvalues[0]) - lam) / lam
+        tol_r, _, r_r = samkit_needs(model, data, lam, accuracy, seed, start="random")
         print(
             f"  {seed:>4} {k:>8} {t_ph:>7.2f} {tol!s:>7} {r.n_hvp:>5} {t_sk:>6.2f} {err:>8.1e} {r_def.n_hvp:>11} "
-            f"{err_def:>8.1e}"
+            f"{err_def:>8.1e} {tol_r!s:>17} {r_r.n_hvp:>5}"
         )
+        if tol_r is not None:
+            rnd_ratios.append(r_r.n_hvp / k)
         if tol is None:  # settled on the second eigenvalue at every tol (see samkit.sharpness.eigen)
             misses += 1
             continue
@@ -169,22 +188,29 @@ def compare_with_pyhessian(seeds: int, accuracy: float, cap: int) -> None:
             f"{len(hvp_ratios)} seeds where samkit reached the accuracy ({misses} where it settled on the second "
             "eigenvalue at every tol: tol None above)"
         )
+    if rnd_ratios:
+        print(f"  from a random start (start='random'): {statistics.median(rnd_ratios):.2f}x the HVPs")
 
-    # monitoring: a few SGD steps later, samkit from the previous top eigenvector (v0) vs cold vs PyHessian
+
+def warm_start(model: nn.Module, data: tuple, seeds: int, accuracy: float, cap: int) -> None:
+    """Monitoring: a few SGD steps later, samkit from the previous top eigenvector (v0) vs cold vs PyHessian."""
+    lam, vec = reference(model, data)
     for steps, lr in ((1, 0.01), (5, 0.1)):
         moved = sgd_steps(model, data, steps, lr)
         lam1, vec1 = reference(moved, data)
-        warm, cold, ph = [], [], []
+        warm, cold, grad_start, ph = [], [], [], []
         for seed in range(seeds):
             warm.append(samkit_needs(moved, data, lam1, accuracy, seed, v0=vec)[2].n_hvp)
-            cold.append(samkit_needs(moved, data, lam1, accuracy, seed)[2].n_hvp)
+            cold.append(samkit_needs(moved, data, lam1, accuracy, seed, start="random")[2].n_hvp)
+            grad_start.append(samkit_needs(moved, data, lam1, accuracy, seed)[2].n_hvp)
             k = pyhessian_needs(moved, data, lam1, accuracy, seed, cap)
             ph.append(k if k is not None else cap)
-        w, c, p = (statistics.median(x) for x in (warm, cold, ph))
+        w, c, gs, p = (statistics.median(x) for x in (warm, cold, grad_start, ph))
         print(
             f"after {steps} SGD step(s) at lr {lr} (lambda_max {lam:.3f} -> {lam1:.3f}, top eigenvector overlap "
             f"{abs(float(vec @ vec1)):.2f}), HVPs for accuracy {accuracy} (medians): samkit from the previous "
-            f"eigenvector {w}, cold {c}, PyHessian {p}: warm / PyHessian = {w / p:.2f}x"
+            f"eigenvector {w}, from the gradient {gs}, from a random vector {c}, PyHessian {p}: "
+            f"previous eigenvector / PyHessian = {w / p:.2f}x"
         )
 
 

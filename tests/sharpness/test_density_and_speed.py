@@ -151,3 +151,29 @@ def test_lanczos_keeps_its_tolerance_on_a_crowded_spectrum(seed):
     # residual-gap rule stopped at 8% for tol = 3e-2 here
     r = lanczos(lambda v: H @ v, n, tol=3e-2, seed=seed, dtype=F64)
     assert abs(float(r.eigenvalues[0]) - 1.0) <= 3 * 3e-2
+
+
+def test_gradient_start_is_the_gradient_plus_a_seeded_random_vector(mlp_case):
+    from samkit.sharpness.eigen import _random_unit
+
+    model, batches, evals = mlp_case
+    obj = ModelObjective(model, F.cross_entropy, batches, dtype=F64)
+    _, g = obj.loss_and_grad()
+    v = g / g.norm() + _random_unit(obj.n, torch.Generator().manual_seed(3), F64, torch.device("cpu"), None)
+    by_hand = lanczos(obj.hvp, obj.n, tol=1e-6, dtype=F64, v0=v)
+    r = top_eigenvalues(model, F.cross_entropy, batches, tol=1e-6, dtype=F64, seed=3)  # start="gradient"
+    assert torch.equal(r.eigenvalues, by_hand.eigenvalues) and r.n_hvp == by_hand.n_hvp
+    rnd = top_eigenvalues(model, F.cross_entropy, batches, tol=1e-6, dtype=F64, seed=3, start="random")
+    assert torch.equal(rnd.eigenvalues, lanczos(obj.hvp, obj.n, tol=1e-6, dtype=F64, seed=3).eigenvalues)
+    assert float(r.eigenvalues[0]) == pytest.approx(float(evals[-1]), rel=1e-6)
+    with pytest.raises(ValueError, match="start"):
+        top_eigenvalues(model, F.cross_entropy, batches, start="hessian")
+    # at a minimum (zero gradient) the start falls back to the random vector
+    lin = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        lin.weight.zero_()
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=F64)
+    at_min = [(x, torch.zeros(2, 1, dtype=F64))]
+    a = top_eigenvalues(lin, F.mse_loss, at_min, k=2, tol=1e-10, seed=1)
+    b = top_eigenvalues(lin, F.mse_loss, at_min, k=2, tol=1e-10, seed=1, start="random")
+    assert torch.equal(a.eigenvalues, b.eigenvalues) and a.eigenvalues.tolist() == pytest.approx([4.0, 1.0])
