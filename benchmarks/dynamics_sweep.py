@@ -1,9 +1,13 @@
-"""Benchmark of the batched dynamics lab (prints numbers; no assertions on time).
+"""Benchmark of the batched dynamics lab (prints numbers and ratios measured in the same run; no assertions on time).
 
-1. A 256×256 (η, ρ) SAM and USAM phase diagram on a d = 10 quadratic, 2000 steps, in one batched call.
+1. A 256×256 (η, ρ) SAM and USAM phase diagram on a d = 10 quadratic, 2000 steps, in one batched call, with the
+   fused (compiled) engine and the eager one; the floor is one in-place read-modify-write of the same state
+   (``[10, 65536]`` float64) per step, over the same number of steps. Goals: SAM ≤ 3 s and ≤ 10× the floor.
+   The two engines' results are compared (divergence steps, final iterates).
 2. The same configurations run one at a time in a Python loop (timed on a sample, scaled) and the ratio.
-   Goal: ≥ 100× and ≤ 10 s for the batched sweep on 2 cores.
 3. Time per step of a batch of 64 matrix-sensing configurations at d = 100 (SAM).
+
+Fused and floor timings are medians of ``--repeat`` runs (the machine is shared); compilation is timed separately.
 
 Run: ``python benchmarks/dynamics_sweep.py`` (``--quick`` for a smaller, faster version).
 """
@@ -11,12 +15,15 @@ Run: ``python benchmarks/dynamics_sweep.py`` (``--quick`` for a smaller, faster 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 
 import torch
 
 from samkit.core import perturb_batched, resolve_lam
 from samkit.dynamics import MatrixSensing, Quadratic, simulate, theory
+from samkit.dynamics.simulate import update
 
 
 def per_config_loop(problem: Quadratic, method: str, eta: float, rho: float, x0: torch.Tensor, steps: int) -> bool:
@@ -33,15 +40,29 @@ def per_config_loop(problem: Quadratic, method: str, eta: float, rho: float, x0:
     return False
 
 
+def floor(shape: tuple[int, int], steps: int) -> float:
+    """One in-place read-modify-write of a state of this shape per step."""
+    x = torch.ones(shape, dtype=torch.float64)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x.mul_(0.999)
+    return time.perf_counter() - t0
+
+
+def rowwise(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).norm(dim=1) / a.norm(dim=1).clamp_min(1e-300)).max())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="64×64 grid, 500 steps, 4 d=100 matrix-sensing configs")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: a fixed count)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of the fused engine and the floor (medians)")
+    ap.add_argument("--no-eager", action="store_true", help="skip the eager engine (slow) and the comparison")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     n, steps = (64, 500) if args.quick else (256, 2000)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()}")
 
     eigs = torch.logspace(0, 1, 10, dtype=torch.float64)  # β = 10, μ = 1
     q = Quadratic(eigs)  # diagonal: GD/SAM/USAM are rotation-equivariant, so this loses no generality
@@ -50,11 +71,19 @@ def main() -> None:
     rhos = torch.logspace(-3, 1, n, dtype=torch.float64)
     E, R = torch.meshgrid(etas, rhos, indexing="ij")
     B = E.numel()
+    kw = dict(x0=x0, steps=steps, record=("loss",), record_every=steps)
 
     for method in ("sam", "usam"):
         t0 = time.perf_counter()
-        res = simulate(q, method, E, R, x0=x0, steps=steps, record=("loss",), record_every=steps)
-        tb = time.perf_counter() - t0
+        simulate(q, method, E, R, x0=x0, steps=2, record=(), fused=True)  # compiles the step for these shapes
+        t_compile = time.perf_counter() - t0
+        fused_t, floor_t = [], []
+        for _ in range(args.repeat):
+            floor_t.append(floor((10, B), steps))
+            t0 = time.perf_counter()
+            res = simulate(q, method, E, R, fused=True, **kw)
+            fused_t.append(time.perf_counter() - t0)
+        tf, tfl = statistics.median(fused_t), statistics.median(floor_t)
         frac = res.diverged.double().mean().item()
         if method == "usam":
             pred = E.reshape(-1) > theory.usam_threshold(q.beta, R.reshape(-1))
@@ -62,9 +91,33 @@ def main() -> None:
             pred = E.reshape(-1) > theory.gd_threshold(q.beta)
         agree = (pred == res.diverged).double().mean().item()
         print(
-            f"{method}: {n}x{n} grid ({B} configs) x {steps} steps batched: {tb:.2f} s "
-            f"({tb / steps * 1e3:.2f} ms/step); diverged {frac:.3f}; agrees with theory on {agree:.4f} of the grid"
+            f"{method}: {n}x{n} grid ({B} configs) x {steps} steps, fused: {tf:.2f} s ({tf / steps * 1e3:.2f} ms/step; "
+            f"runs {', '.join(f'{t:.2f}' for t in fused_t)}; compile {t_compile:.1f} s); diverged {frac:.3f}; "
+            f"agrees with theory on {agree:.4f} of the grid"
         )
+        print(f"{method}: floor (in-place pass over [10, {B}] per step) {tfl:.3f} s; fused / floor = {tf / tfl:.1f}x")
+        alive = ~res.diverged
+        fixed = (
+            update(
+                q,
+                res.final[alive],
+                E.reshape(-1, 1)[alive],
+                R.reshape(-1)[alive],
+                resolve_lam("l2" if method == "sam" else "none", None),
+                0.0,
+            )
+            == res.final[alive]
+        ).all(1)
+        print(f"{method}: configurations at an exact fixed point at the end (freezable): {int(fixed.sum())} of {B}")
+        if not args.no_eager:
+            t0 = time.perf_counter()
+            ref = simulate(q, method, E, R, fused=False, **kw)
+            te = time.perf_counter() - t0
+            same = torch.equal(ref.diverged_at, res.diverged_at)
+            print(
+                f"{method}: eager {te:.2f} s; eager / fused = {te / tf:.1f}x; eager / floor = {te / tfl:.0f}x; "
+                f"same divergence steps: {same}; final iterates agree to {rowwise(ref.final, res.final):.1e} (rowwise)"
+            )
 
         # baseline: per-configuration loop on a sample, scaled
         g = torch.Generator().manual_seed(0)
@@ -74,7 +127,7 @@ def main() -> None:
             per_config_loop(q, method, float(E.reshape(-1)[i]), float(R.reshape(-1)[i]), x0, steps)
         tl = (time.perf_counter() - t0) / len(sample) * B
         print(
-            f"{method}: per-configuration loop, {len(sample)} sampled, scaled to {B}: {tl:.1f} s; ratio {tl / tb:.0f}x"
+            f"{method}: per-configuration loop, {len(sample)} sampled, scaled to {B}: {tl:.1f} s; ratio {tl / tf:.0f}x"
         )
 
     # matrix sensing, batch of 64 at d = 100
@@ -92,6 +145,7 @@ def main() -> None:
         f"matrix sensing d={d}, m={p.m}, batch {batch}: setup {tsetup:.2f} s, SAM {tm:.3f} s/step "
         f"({tm / batch * 1e3:.1f} ms per config-step); final loss median {res.final_loss.median().item():.3g}"
     )
+    print(f"load average at the end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

