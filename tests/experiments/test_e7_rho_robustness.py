@@ -212,7 +212,7 @@ def test_claims_are_given_per_model_and_a_reversal_shows_in_its_own_verdicts(tin
     assert all(got[c] == "PASS" for c in CLAIMS)
     assert got["E7.0-cnn"] == "PASS" and got["E7.1-cnn"] == "FAIL" and got["E7.3-cnn"] == "FAIL"
     drawn, figs = _drawn(exp, cfg2, _two_models(data), tmp_path, monkeypatch)
-    assert len(figs) == 5 and "E7.1-cnn" in figs[1].claims and "cnn SAM: trains at" in figs[0].caption
+    assert len(figs) == 6 and "E7.1-cnn" in figs[1].claims and "cnn SAM: trains at" in figs[0].caption
     for f in figs:  # a panel (or a row of panels) per model
         titles = drawn[f.file]["titles"]
         assert any(t.startswith("mlp") for t in titles) and any(t.startswith("cnn") for t in titles), f.file
@@ -250,3 +250,18 @@ def test_legends_show_the_divergence_marker_only_when_one_is_drawn(tiny, kit, tm
     assert "r_max SAM 0.1" in figs[1].caption and f"USAM {r_max:.2e}"[:10] in figs[1].caption
     assert "trains at ρ ∈ [0.01, 0.1] (1.0 decades)" in figs[0].caption
     assert math.isfinite(r_max)
+
+
+def test_the_hessian_spectrum_agrees_with_the_top_eigenvalue_of_the_same_model(tiny):
+    """Two estimators on the same final model: SLQ's largest node and Lanczos's top eigenvalue (report-only figure)."""
+    _, _, cfg, data, _ = tiny
+    spec, runs = data["spectrum"], data["runs"]
+    assert sorted(spec.unique("method")) == ["sam", "sgd", "usam"]
+    for m in ("sgd", "sam", "usam"):
+        rows = spec.where(method=m)
+        key = {k: rows.first(k) for k in ("model", "lr", "rho", "seed")}
+        lam = runs.where(method=m, **key).first("top_eigenvalue")
+        assert abs(rows.col("node").max() - lam) <= 0.01 * lam, m
+        for probe in rows.unique("probe"):
+            assert abs(rows.where(probe=probe).col("weight").sum() - 1.0) < 1e-9
+        assert len(rows.unique("probe")) == cfg["density_probes"]

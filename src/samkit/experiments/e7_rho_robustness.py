@@ -140,6 +140,9 @@ def _preset(**kw: Any) -> dict[str, Any]:
         "sharpness_batches": 4,
         "sharpness_batch_size": 250,
         "sharpness_iters": 20,
+        "density_rho": 0.1,
+        "density_probes": 4,
+        "density_steps": 40,
         "collapse_drop": 10.0,
         "min_dynamic_range": 10.0,
         "min_rmax_ratio": 10.0,
@@ -165,6 +168,26 @@ def _data(dataset: str) -> Any:
         except DataError as err:
             raise ConfigError(f"E7: {err}") from None
     return _DATA_CACHE[dataset]
+
+
+def _spectrum(model: Any, train: Any, params: Mapping[str, Any]) -> list[list[list[float]]]:
+    """Stochastic Lanczos quadrature of the final model's training-loss Hessian: per probe, nodes and weights."""
+    import torch
+
+    from samkit.sharpness import spectral_density
+
+    n = params["sharpness_batches"] * params["sharpness_batch_size"]
+    bs = params["sharpness_batch_size"]
+    batches = [train.batch(torch.arange(i, min(i + bs, n))) for i in range(0, n, bs)]
+    d = spectral_density(
+        model,
+        torch.nn.functional.cross_entropy,
+        batches,
+        n_probes=params["density"]["probes"],
+        n_steps=params["density"]["steps"],
+        seed=params["seed"],
+    )
+    return [[nd.tolist(), wt.tolist()] for nd, wt in zip(d.nodes, d.weights)]
 
 
 def _evaluate(model: Any, test: Any, batch: int = 1000) -> tuple[float, float]:
@@ -388,6 +411,11 @@ class RhoRobustness(Experiment):
         "sharpness_batches": Param(int, "training batches of the final top-eigenvalue measurement", min=1),
         "sharpness_batch_size": Param(int, "images per batch of the top-eigenvalue measurement", min=1),
         "sharpness_iters": Param(int, "Lanczos iterations (at most) of the top-eigenvalue measurement", min=2),
+        "density_rho": Param(
+            float, "report only: SAM and USAM at the grid ρ nearest this get a Hessian spectrum", min=0, strict=True
+        ),
+        "density_probes": Param(int, "report only: probes of the spectral density (stochastic Lanczos)", min=1),
+        "density_steps": Param(int, "report only: Lanczos steps per probe of the spectral density", min=2),
         "collapse_drop": Param(
             float, "a finite run collapsed when its test accuracy is this many points below SGD's", min=0, strict=True
         ),
@@ -444,9 +472,16 @@ class RhoRobustness(Experiment):
                     runs[(model, "sgd", lr, 0.0, s)] = None
                     for m in METHODS:
                         runs[(model, m, lr, config["lr_sweep_rho"], s)] = None
+        # the Hessian spectrum (report only) of SGD and of SAM / USAM at the grid ρ nearest density_rho, first seed
+        d_rho = min(rhos, key=lambda r: abs(math.log(r / config["density_rho"])))
+        spectrum = {
+            (m, config["lr"], r, config["seeds"][0]) for m, r in (("sgd", 0.0), ("sam", d_rho), ("usam", d_rho))
+        }
         out = []
         for model, m, lr, rho, s in runs:
             p = {**base, "model": model, "optimizer": m, "lr": lr, "rho": rho, "seed": s}
+            if (m, lr, rho, s) in spectrum:
+                p["density"] = {"probes": config["density_probes"], "steps": config["density_steps"]}
             out.append(Unit(f"{model}-{m}-lr{lr:g}-r{rho:g}-s{s}", p))
         return out
 
@@ -482,14 +517,17 @@ class RhoRobustness(Experiment):
         s = train(cfg, data=(train_ds, test_ds))
         hist = s["history"]
         diverged = s["status"] == "diverged"
-        test_loss = test_acc = None
+        test_loss = test_acc = spectrum = None
         if not diverged:
             test = test_ds.subset(params["test_subset"])
             c, h, _ = test.shape
             model = build_model(params["model"], in_channels=c, image_size=h, num_classes=test.num_classes)
             model.load_state_dict(s["params"])
             test_loss, test_acc = _evaluate(model, test)
+            if params.get("density"):
+                spectrum = _spectrum(model, train_ds.subset(params["subset"]), params)
         return {
+            "spectrum": spectrum,
             "status": s["status"],
             "diverged": diverged,
             "diverged_epoch": s["diverged_epoch"],
@@ -506,7 +544,9 @@ class RhoRobustness(Experiment):
         }
 
     def tables(self, config: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict]]:
-        runs, curves = [], []
+        runs: list[dict] = []
+        curves: list[dict] = []
+        spectrum: list[dict] = []
         for unit in self.units(config):
             r, p = results[unit.key], unit.params
             key = {"model": p["model"], "method": p["optimizer"], "lr": p["lr"], "rho": p["rho"], "seed": p["seed"]}
@@ -533,8 +573,10 @@ class RhoRobustness(Experiment):
                         "eps_norm": _num(r["curve_eps_norm"][i]),
                     }
                 )
+            for i, (nodes, weights) in enumerate(r.get("spectrum") or []):
+                spectrum.extend({**key, "probe": i, "node": _num(x), "weight": _num(w)} for x, w in zip(nodes, weights))
         data = {"runs": Table(runs), "curves": Table(curves)}
-        return {"runs": runs, "curves": curves, "summary": self._summary_rows(config, data)}
+        return {"runs": runs, "curves": curves, "summary": self._summary_rows(config, data), "spectrum": spectrum}
 
     def _summary_rows(self, config: Mapping[str, Any], data: Mapping[str, Table]) -> list[dict]:
         """Per model and (method, ρ) of the grid: seeds, failures, medians (what the claims use, for reading)."""
@@ -832,6 +874,17 @@ class RhoRobustness(Experiment):
                 ["data/runs.csv", "data/summary.csv"],
             ),
             Figure(
+                self._fig_spectrum(config, data, fig_dir),
+                "Hessian spectrum at the end (report only)",
+                "Eigenvalue density of the training loss's Hessian of the final SGD, SAM and USAM models (first seed; "
+                "SAM and USAM at the grid ρ nearest " + f"{config['density_rho']:g}" + "), by stochastic Lanczos "
+                f"quadrature ({config['density_probes']} probes × {config['density_steps']} steps, "
+                "samkit.sharpness.spectral_density) on the eigenvalue-measurement images; Gaussian-smoothed, log "
+                "density scale. A diverged run has no spectrum. " + self._spectrum_text(data),
+                [],
+                ["data/spectrum.csv"],
+            ),
+            Figure(
                 self._fig_lr(config, data, fig_dir),
                 "Learning-rate sweep (report only)",
                 f"Final test accuracy against the learning rate at ρ = {config['lr_sweep_rho']:g} (seeds "
@@ -1070,6 +1123,55 @@ class RhoRobustness(Experiment):
             ax.set_ylabel("final λmax / SGD's")
             ax.set_title(f"{model}: sharpness at the end" + ("" if a.sgd_ok else f" ({a.sgd_note})"))
         return save_figure(fig, fig_dir / "sharpness.png")
+
+    @staticmethod
+    def _spectrum_text(data: Mapping[str, Table]) -> str:
+        t = data.get("spectrum")
+        if t is None or not len(t):
+            return "No spectrum was measured."
+        parts = []
+        for model in t.unique("model"):
+            for m in ("sgd", *METHODS):
+                r = t.where(model=model, method=m)
+                if len(r):
+                    top = float(np.max(r.col("node")))
+                    parts.append(f"{model} {method_label(m) if m != 'sgd' else 'SGD'}: largest node {top:.3g}")
+        return "; ".join(parts) + "."
+
+    @staticmethod
+    def _fig_spectrum(config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> str:
+        t = data.get("spectrum", Table([]))
+        models = list(config["models"])
+        fig, axes = new_figure(len(models), 1, width=5.4, height=3.8)
+        for ax, model in zip(axes[0], models):
+            mine = t.where(model=model) if len(t) else t
+            if not len(mine):
+                ax.text(0.5, 0.5, "no spectrum (runs diverged or not measured)", ha="center", transform=ax.transAxes)
+            else:
+                nodes_all = mine.col("node")
+                lo, hi = float(nodes_all.min()), float(nodes_all.max())
+                sigma = 0.01 * (hi - lo) if hi > lo else 1.0
+                grid = np.linspace(lo - 6 * sigma, hi + 6 * sigma, 800)
+                for m in ("sgd", *METHODS):
+                    r = mine.where(method=m)
+                    if not len(r):
+                        continue
+                    x, w = r.col("node"), r.col("weight")
+                    n_probes = len(set(r.col("probe").tolist()))
+                    dens = (w[None, :] * np.exp(-0.5 * ((grid[:, None] - x[None, :]) / sigma) ** 2)).sum(1)
+                    dens /= n_probes * sigma * math.sqrt(2 * math.pi)
+                    rho = float(r.first("rho"))
+                    label = "SGD" if m == "sgd" else f"{method_label(m)}, ρ = {rho:.2g}"
+                    style = METHOD_STYLE["gd" if m == "sgd" else m]
+                    ax.plot(grid, np.maximum(dens, 1e-8), color=style["color"], lw=1.3, label=label,
+                            ls="--" if m == "sgd" else "-")  # fmt: skip
+                ax.set_yscale("log")
+                ax.set_ylim(1e-6, None)
+                ax.legend(fontsize=7)
+            ax.set_xlabel("Hessian eigenvalue")
+            ax.set_ylabel("density (smoothed)")
+            ax.set_title(f"{model}: Hessian spectrum at the end")
+        return save_figure(fig, fig_dir / "spectrum.png")
 
     @staticmethod
     def _fig_lr(config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> str:
