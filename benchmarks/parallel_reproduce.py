@@ -26,10 +26,6 @@ from samkit.experiments.executors import InlineExecutor, PoolExecutor, RayExecut
 from samkit.experiments.runner import run_experiments
 
 
-def _noop(params):
-    return {"i": params["i"]}
-
-
 def _reproduce(names, preset, executor, out):
     plan = []
     for n in names:
@@ -47,7 +43,10 @@ def _data(out: Path) -> dict[str, bytes]:
 
 
 def _per_unit(executor, n: int) -> float:
-    tasks = [Task("bench", f"u{i}", {"i": i}, _noop) for i in range(n)]
+    # The unit function must be importable by the workers: a function defined in this script (``__main__``) would
+    # make the pool run every unit in this process (see ``executors.portable``) and measure nothing. ``dict`` copies
+    # the parameters: a unit that returns at once.
+    tasks = [Task("bench", f"u{i}", {"i": i}, dict) for i in range(n)]
     list(executor.run(tasks[: min(4, n)]))  # warm the workers up
     t0 = time.perf_counter()
     got = list(executor.run(tasks))

@@ -39,8 +39,8 @@ seed 0 (4 runs, ≈ 3.5 CPU-minutes on one thread); ``full`` is the prototype's 
 0.03 (3 000 steps)}, USAM ρ ∈ {0.005, 0.01, 0.02} at 0.02 and {0.005, 0.01} at 0.03, SAM ρ = 0.01 at η = 0.02,
 seeds {0, 1}, λ every 50 steps (16 runs); ``tiny`` (tests) a 784-32-32-32-10 tanh MLP on the first 128 images at
 η = 0.05, where the same dynamics play out in 800 steps (initial λ ≈ 20, so λ* of ρ ∈ {0.01, 0.02} = 30.6, 26.2
-lies between it and 2/η = 40). λ is measured without a warm start (``top_eigenvalues`` takes no initial vector),
-which is most of the cost of a measurement.
+lies between it and 2/η = 40). Each λ is measured from ``top_eigenvalues``' default start, not warm-started from the
+previous eigenvector (``v0``), so no measurement depends on the one before; the measurements are most of a run's cost.
 
 Example:
     >>> round(stability_edge(0.02, 0.01), 3), stability_edge(0.02, 0.0)
