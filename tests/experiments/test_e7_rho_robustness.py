@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from samkit.experiments import ConfigError, get
+from samkit.experiments import ConfigError, fmt, get
 from samkit.experiments.base import Table
 from samkit.experiments.runner import run_experiment
 
@@ -30,9 +30,12 @@ def test_quick_is_the_mlp_near_interpolation_and_full_has_three_architectures():
         assert np.allclose(np.log10(rhos), np.arange(-3, 0.5 + 1e-9, step), atol=1e-5)
     assert full["models"] == ["mlp", "cnn", "resnet20"] and len(full["seeds"]) == 5
     assert 5000 <= full["subset"] <= 10000 and full["epochs"] >= 200
-    # quick: SGD per seed, SAM and USAM per (ρ, seed), and the lr sweep {0.1, 0.6} at ρ = 0.1 (0.3 is on the grid)
+    # quick: SGD per seed of the grid and of the reference (6), SAM and USAM per (ρ, seed), and the lr sweep
+    # {0.1, 0.6} at ρ = 0.1 (0.3 is on the grid)
     units = e7.units(quick)
-    assert len(units) == 2 + 2 * 8 * 2 + 2 * 3 and len({u.key for u in units}) == len(units)
+    assert len(units) == 6 + 2 * 8 * 2 + 2 * 3 and len({u.key for u in units}) == len(units)
+    sgd_seeds = {u.params["seed"] for u in units if u.params["optimizer"] == "sgd" and u.params["lr"] == 0.3}
+    assert sgd_seeds == set(quick["seeds"]) | set(quick["reference_seeds"]) == {0, 1, 2, 3, 4, 5}
     sweep = {(u.params["optimizer"], u.params["lr"]) for u in units if u.params["lr"] != 0.3}
     assert sweep == {(m, lr) for m in ("sgd", "sam", "usam") for lr in (0.1, 0.6)}
 
@@ -90,9 +93,25 @@ def test_missing_dataset_is_reported_before_any_unit(tmp_path, monkeypatch):
 
 
 # -- the tiny preset on real data -------------------------------------------------------------------------------------
+# The tiny preset is one seed on 150 images near interpolation: its final models depend on the last bits of the
+# arithmetic (another CPU's vector width, another torch), so the tests ask of it only what holds with a wide margin.
+# E7.0 (‖ε‖ range > 40× against 10×), E7.1 (ratio > 100× against 10×), E7.2 and E7.4 (divergence, collapse) do;
+# E7.3's flatness ratio does not (one seed: SAM's λ/λ_SGD was 0.49 on one machine and 0.83 on another), so its
+# verdict here is only checked to follow from its numbers; its logic is pinned on edited tables below, and its
+# evidence is the quick preset (two seed pairs, six SGD seeds: docs/e7-notes.md).
+ROBUST = [c for c in CLAIMS if c != "E7.3-mlp"]
+
+
+def _e73_follows_from_its_numbers(claim, cfg):
+    sam, usam = claim.values["min_lam_ratio_sam"], claim.values["min_lam_ratio_usam"]
+    assert claim.passed == (sam <= cfg["flat_ratio"] < usam), (sam, usam)
+
+
 def test_tiny_preset_passes_on_real_data_and_claims_come_from_the_csvs(tiny, kit):
     exp, res, cfg, data, d = tiny
-    assert kit.verdicts(res.claims) == {i: "PASS" for i in CLAIMS}
+    got = kit.verdicts(res.claims)
+    assert list(got) == CLAIMS and all(got[i] == "PASS" for i in ROBUST), got
+    _e73_follows_from_its_numbers(next(c for c in res.claims if c.id == "E7.3-mlp"), cfg)
     for c in res.claims:
         assert c.exercised and c.measured and c.prediction and c.tolerance and c.experiment == "E7"
         assert all((d / f).is_file() for f in c.data) and (d / "figures" / c.figure).is_file()
@@ -168,10 +187,20 @@ def test_a_sam_divergence_at_rho_up_to_1_fails_e7_2(tiny, kit):
 
 
 def test_usam_training_at_every_rho_up_to_stable_rho_fails_e7_2(tiny, kit):
-    # in the tiny run USAM first fails at ρ = 1; up to ρ = 0.1 it trains, so there it shows no instability
+    # at the grid's smallest ρ (0.01) USAM's perturbation is tiny and it trains, so up to there it shows no instability
     exp, _, cfg, data, _ = tiny
-    claims = {c.id: c for c in exp.claims({**cfg, "stable_rho": 0.1}, data)}
-    assert claims["E7.2-mlp"].verdict == "FAIL" and "USAM: 0/2 failed" in claims["E7.2-mlp"].measured
+    claims = {c.id: c for c in exp.claims({**cfg, "stable_rho": cfg["rho_min"]}, data)}
+    assert claims["E7.2-mlp"].verdict == "FAIL" and "USAM: 0/1 failed" in claims["E7.2-mlp"].measured
+
+
+def test_e7_3_passes_when_sam_alone_ends_flatter_at_matched_loss(tiny, kit):
+    exp, _, cfg, data, _ = tiny
+    lam = float(np.median(data["runs"].where(method="sgd").col("top_eigenvalue")))
+    loss = float(np.median(data["runs"].where(method="sgd").col("train_loss")))
+    edited = kit.edit(data, "runs", {"method": "sam", "rho": cfg["rho_min"]}, top_eigenvalue=0.5 * lam, train_loss=loss)
+    edited = kit.edit(edited, "runs", {"method": "usam"}, top_eigenvalue=lam)
+    e73 = next(c for c in exp.claims(cfg, edited) if c.id == "E7.3-mlp")
+    assert e73.verdict == "PASS" and e73.values["min_lam_ratio_sam"] == pytest.approx(0.5)
 
 
 def test_sam_training_at_the_top_of_the_grid_fails_e7_4(tiny, kit):
@@ -188,6 +217,20 @@ def test_sharpness_against_sgds_decides_e7_3(tiny, kit, method, factor):
     bad = kit.edit(data, "runs", {"method": method}, top_eigenvalue=factor * lam)
     got = kit.verdicts(exp.claims(cfg, bad))
     assert got["E7.3-mlp"] == "FAIL" and got["E7.1-mlp"] == "PASS"
+
+
+def test_the_sgd_reference_is_the_median_over_grid_and_reference_seeds(tiny, kit):
+    """Two more SGD runs (reference seeds) at 10× λ move λ_SGD to 10×: both methods then look 10× flatter than SGD,
+    so E7.3 (USAM must not be flatter) fails; the measured λ_SGD says so."""
+    exp, _, cfg, data, _ = tiny
+    sgd = data["runs"].where(method="sgd")
+    lam = float(sgd.col("top_eigenvalue")[0])
+    extra = [dict(sgd.rows[0], seed=s, top_eigenvalue=10 * lam) for s in (101, 102)]
+    more = {**data, "runs": Table(data["runs"].rows + extra)}
+    claims = exp.claims({**cfg, "reference_seeds": [101, 102]}, more)
+    assert kit.verdicts(claims)["E7.3-mlp"] == "FAIL"
+    e73 = next(c for c in claims if c.id == "E7.3-mlp")
+    assert f"SGD: λ = {fmt(10 * lam)}" in e73.measured and "SGD's over 3 seeds" in e73.tolerance
 
 
 def test_a_diverged_sgd_reference_leaves_everything_not_exercised(tiny, kit):
@@ -209,7 +252,8 @@ def test_claims_are_given_per_model_and_a_reversal_shows_in_its_own_verdicts(tin
     cfg2 = {**cfg, "models": ["mlp", "cnn"]}
     got = kit.verdicts(exp.claims(cfg2, _two_models(data)))
     assert list(got) == CLAIMS + [c.replace("mlp", "cnn") for c in CLAIMS]
-    assert all(got[c] == "PASS" for c in CLAIMS)
+    alone = kit.verdicts(exp.claims(cfg, data))
+    assert all(got[c] == "PASS" for c in ROBUST) and got["E7.3-mlp"] == alone["E7.3-mlp"]
     assert got["E7.0-cnn"] == "PASS" and got["E7.1-cnn"] == "FAIL" and got["E7.3-cnn"] == "FAIL"
     drawn, figs = _drawn(exp, cfg2, _two_models(data), tmp_path, monkeypatch)
     assert len(figs) == 6 and "E7.1-cnn" in figs[1].claims and "cnn SAM: trains at" in figs[0].caption
