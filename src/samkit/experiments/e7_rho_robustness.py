@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import FormatStrFormatter
 
 from samkit.data import DATASETS
 from samkit.experiments import Claim, ConfigError, Experiment, Figure, Param, Table, Unit, fmt, register
@@ -1128,6 +1129,11 @@ class RhoRobustness(Experiment):
                 ax.axhline(float(config["flat_ratio"]), color="k", ls="--", lw=1, label="flatness threshold")
                 ax.scatter([1.0], [1.0], marker="*", s=120, color=METHOD_STYLE["gd"]["color"], zorder=5, label="SGD")
                 ax.set_xscale("log")
+                ax.set_yscale(
+                    "log"
+                )  # ratios: 0.5 and 2 equally far from SGD, and one sharp outlier cannot squash the rest
+                for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                    axis(FormatStrFormatter("%g"))
                 ax.legend(fontsize=7)
             ax.set_xlabel("final training loss / SGD's")
             ax.set_ylabel("final λmax / SGD's")
