@@ -30,6 +30,13 @@ def test_jobs_and_executor_flags_are_checked(tmp_path, capsys):
         (["run", "E1", "--jobs", "0"], "--jobs: must be 'auto' or an integer >= 1, got '0'"),
         (["run", "E1", "--executor", "dask"], "invalid choice: 'dask'"),
         (["run", "E1", "--preset", "tiny", "--address", "auto"], "--address and --gpus-per-unit need --executor ray"),
+        (["run", "E1", "--device", "gpu"], "invalid choice: 'gpu'"),
+        # GPUs asked for training units that train on the CPU: refused before Ray starts
+        (
+            ["run", "E7", "--preset", "tiny", "--executor", "ray", "--gpus-per-unit", "0.5"],
+            "--gpus-per-unit 0.5 would reserve GPUs for E7's training units, but they train on device=cpu: add "
+            "--device cuda",
+        ),
     ]:
         with pytest.raises(SystemExit) as info:
             code = main([*argv, "--out", str(tmp_path)])
@@ -37,6 +44,22 @@ def test_jobs_and_executor_flags_are_checked(tmp_path, capsys):
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_device_sets_the_device_key_of_the_experiments_that_train_only(tmp_path, monkeypatch):
+    import samkit.cli as cli
+
+    seen = {}
+
+    def fake_run_experiments(plan, out, executor, **kw):
+        seen.update({exp.name: (list(overrides), cfg.get("device")) for exp, _, overrides, cfg in plan})
+        return [], []
+
+    monkeypatch.setattr(cli, "run_experiments", fake_run_experiments)
+    monkeypatch.setattr(cli, "write_report", lambda out: ("index.html", "README.md"))
+    cli.main(["reproduce", "--preset", "tiny", "--device", "cuda", "--jobs", "1", "--out", str(tmp_path)])
+    assert seen["E7"] == (["device=cuda"], "cuda")  # E7 trains networks on a torch device
+    assert seen["E1"] == ([], None) and seen["E8"] == ([], None)  # the others have no such key
 
 
 def test_executor_ray_without_ray_is_one_line(tmp_path, capsys, monkeypatch):

@@ -50,6 +50,7 @@ from samkit.experiments.runner import (
     DamagedDataError,
     Failure,
     UnitError,
+    check_gpu_request,
     ensure_writable,
     finalize,
     folder_lock,
@@ -130,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--preset", default="quick", choices=PRESETS, help="the size of every experiment")
         sp.add_argument("--out", default="results", type=_folder, help="output directory")
         sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+        sp.add_argument(
+            "--device",
+            choices=("cpu", "cuda"),
+            default=None,
+            help="torch device of the experiments that train networks (E7; sets their `device` key): cpu, the "
+            "presets' default, gives the same numbers on every machine; cuda uses the GPU each unit is given",
+        )
         _add_executor_arguments(sp)
 
     run = sub.add_parser("run", help="run one experiment and update the report in --out")
@@ -380,7 +388,9 @@ def _run(
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     exps = [get(n) for n in experiments]
-    configs = [e.config(preset, overrides) for e in exps]  # validate every override before any work
+    device = [f"device={args.device}"] if args.device else []
+    per_exp = [[*overrides, *(device if "device" in e.schema else [])] for e in exps]
+    configs = [e.config(preset, o) for e, o in zip(exps, per_exp)]  # validate every override before any work
     ensure_writable(out)
     t0 = time.perf_counter()
 
@@ -390,7 +400,8 @@ def _run(
               f"{run['units_cached']} cached", flush=True)  # fmt: skip
         _print_claims(res)
 
-    plan = [(e, preset, list(overrides), c) for e, c in zip(exps, configs)]
+    plan = [(e, preset, o, c) for e, o, c in zip(exps, per_exp, configs)]
+    check_gpu_request(plan, args.gpus_per_unit)
     with _executor(args) as executor:
         results, failures = run_experiments(
             plan, out, executor, progress=progress, on_result=show, gpus_per_unit=args.gpus_per_unit

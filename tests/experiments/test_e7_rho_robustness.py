@@ -40,6 +40,24 @@ def test_quick_is_the_mlp_near_interpolation_and_full_has_three_architectures():
     assert sweep == {(m, lr) for m in ("sgd", "sam", "usam") for lr in (0.1, 0.6)}
 
 
+def test_runs_train_on_the_cpu_unless_told_and_the_device_is_part_of_each_units_cache_key():
+    import torch
+
+    from samkit.experiments.runner import unit_hash
+
+    e7 = get("E7")
+    cpu = e7.config("tiny")
+    assert all(cfg["device"] == "cpu" for cfg in (cpu, e7.config("quick"), e7.config("full")))
+    gpu = e7.config("tiny", ["device=cuda"])
+    a, b = e7.units(cpu), e7.units(gpu)
+    assert [u.params["device"] for u in a] == ["cpu"] * len(a) and [u.params["device"] for u in b] == ["cuda"] * len(b)
+    # CPU and CUDA results never share a cache entry (their numbers differ)
+    assert {unit_hash(e7, u.params) for u in a}.isdisjoint(unit_hash(e7, u.params) for u in b)
+    if not torch.cuda.is_available():  # asked for a GPU where there is none: the unit says so
+        with pytest.raises(ValueError, match="no CUDA GPU is available"):
+            e7.run_unit({**b[0].params, "dataset": "synthetic"})  # no data files needed
+
+
 def test_the_full_presets_cnn_has_no_batchnorm_and_resnet20_has():
     import torch
 

@@ -80,6 +80,7 @@ __all__ = ["dynamic_range", "RhoRobustness"]
 METHODS = ("sam", "usam")
 #: Config keys that every training run receives unchanged.
 _TRAIN_KEYS = (
+    "device",
     "dataset",
     "subset",
     "test_subset",
@@ -123,6 +124,7 @@ def _num(v: Any) -> float:
 def _preset(**kw: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "seed": 0,
+        "device": "cpu",
         "dataset": "fashion-mnist",
         "models": ["mlp"],
         "subset": 1000,
@@ -397,6 +399,12 @@ class RhoRobustness(Experiment):
     }
     schema = {
         "seed": Param(int, "seed recorded with the results (the runs use seeds and lr_sweep_seeds)", min=0),
+        "device": Param(
+            str,
+            "torch device of the training runs: cpu (the same numbers on every machine) or cuda (the GPU the executor "
+            "gives the unit; other numbers, and other cache keys)",
+            choices=("cpu", "cuda"),
+        ),
         "dataset": Param(str, "training data ('synthetic' needs no files)", choices=DATASETS),
         "models": Param(list[str], "the networks; one verdict per model", choices=MODELS),
         "subset": Param(int, "training images used (the first N)", min=1),
@@ -520,6 +528,7 @@ class RhoRobustness(Experiment):
             sharpness_batch_size=params["sharpness_batch_size"],
             sharpness_iters=params["sharpness_iters"],
             threads=0,
+            device=params["device"],
             progress=False,
             quiet=True,
             out=None,

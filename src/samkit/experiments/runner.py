@@ -373,6 +373,16 @@ def run_experiment(
     return results[0]
 
 
+def check_gpu_request(plan: Sequence[tuple[Experiment, str, Sequence[str], Mapping[str, Any]]], gpus: float) -> None:
+    """Refuse GPUs asked for training units that would train on the CPU (they would hold GPUs and not use them)."""
+    for exp, _, _, cfg in plan:
+        if gpus and exp.device_units and cfg.get("device") == "cpu":
+            raise ConfigError(
+                f"--gpus-per-unit {gpus:g} would reserve GPUs for {exp.name}'s training units, but they train on "
+                "device=cpu: add --device cuda (or leave out --gpus-per-unit)"
+            )
+
+
 def run_experiments(
     plan: Sequence[tuple[Experiment, str, Sequence[str], Mapping[str, Any]]],
     out: Path | str,
@@ -398,6 +408,7 @@ def run_experiments(
     executor = executor or InlineExecutor()
     planned: list[Planned] = []
     failures: list[Failure] = []
+    check_gpu_request(plan, gpus_per_unit)
     for exp, preset, overrides, cfg in plan:
         p = Planned(exp, preset, dict(cfg), list(overrides), out / exp.name)
         missing = exp.missing(p.config)
