@@ -54,7 +54,8 @@ def test_run_then_report(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert "1/1 claims PASS" in out and "0 cached" in out
     assert main(["run", "CLITOY", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
-    assert "2 cached" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 cached" in out and "(0.0 s of compute)" in out  # everything came from the cache
     (tmp_path / "CLITOY" / "figures" / "v.png").unlink()
     assert main(["report", str(tmp_path)]) == 0  # redraws from the saved CSV
     assert (tmp_path / "CLITOY" / "figures" / "v.png").exists()

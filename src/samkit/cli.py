@@ -396,8 +396,9 @@ def _run(
 
     def show(res: Mapping[str, Any]) -> None:
         run = res["run"]
-        print(f"{res['experiment']} ({res['title']}): {run['seconds']:.1f} s, {run['units']} units, "
-              f"{run['units_cached']} cached", flush=True)  # fmt: skip
+        compute = run.get("unit_seconds") or 0.0
+        print(f"{res['experiment']} ({res['title']}): done after {run['seconds']:.1f} s, {run['units']} units "
+              f"({compute:.1f} s of compute), {run['units_cached']} cached", flush=True)  # fmt: skip
         _print_claims(res)
 
     plan = [(e, preset, o, c) for e, o, c in zip(exps, per_exp, configs)]

@@ -54,7 +54,9 @@ def test_jobs_1_and_2_give_byte_identical_data(name, tmp_path):
         res = run_experiment(exp, "tiny", tmp_path / "pool", progress=False, executor=pool)
     a, b = _data(tmp_path / "inline" / name), _data(tmp_path / "pool" / name)
     assert a and a == b
-    assert res["run"]["units_cached"] == 0
+    assert res["run"]["units_cached"] == 0 and res["run"]["unit_seconds"] > 0  # the workers' compute time
+    again = run_experiment(exp, "tiny", tmp_path / "pool", progress=False, executor=InlineExecutor())
+    assert again["run"]["units_cached"] == len(exp.units(exp.config("tiny"))) and again["run"]["unit_seconds"] == 0
     claims_a = read_json(tmp_path / "inline" / name / "result.json")["claims"]
     assert [c["measured"] for c in claims_a] == [c["measured"] for c in res["claims"]]
 

@@ -330,6 +330,7 @@ class Planned:
     cached: int = 0
     errors: list[str] = field(default_factory=list)
     t0: float = 0.0
+    unit_seconds: float = 0.0  # the compute time of the units run now (not the cached ones), summed over workers
 
 
 def _load_cached(path: Path, h: str) -> tuple[bool, Any]:
@@ -468,6 +469,7 @@ def run_experiments(
                         },
                     )
                     p.results[u.key] = outcome.result
+                    p.unit_seconds += outcome.seconds
                 else:
                     p.errors.append(outcome.error or "unknown error")
                     _log(bar, f"samkit: error: {outcome.error.splitlines()[0] if outcome.error else ''}")
@@ -547,6 +549,7 @@ def _complete(
             "units": len(p.units),
             "units_cached": p.cached,
             "seconds": round(time.perf_counter() - p.t0, 2),
+            "unit_seconds": round(p.unit_seconds, 2),
         },
     )
     results.append(res)

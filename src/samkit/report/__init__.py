@@ -276,9 +276,24 @@ def _section(name: str, result: Mapping[str, Any] | None, problem: Mapping[str, 
         "config_hash": _text(result.get("config_hash")),
         "units": _text(run.get("units", "")),
         "cached": _text(run.get("units_cached", 0)),
-        "seconds": f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else "",
+        "seconds": _seconds(seconds, run.get("unit_seconds")),
     }
     return sec
+
+
+def _seconds(wall: Any, units: Any) -> str:
+    """The time column, e.g. ``151.3 s (units 215 s)``: when the experiment finished, counted from the start of the
+    run (experiments share the workers, so this is not its own cost), and the compute time of the units it ran
+    (cached ones excluded).
+
+    >>> _seconds(151.26, 215.4), _seconds(3.0, 0.0), _seconds(None, 1.0)
+    ('151.3 s (units 215 s)', '3.0 s', '')
+    """
+    if not isinstance(wall, (int, float)):
+        return ""
+    if isinstance(units, (int, float)) and units > 0:
+        return f"{wall:.1f} s (units {units:.0f} s)"
+    return f"{wall:.1f} s"
 
 
 def _attention(sections: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
