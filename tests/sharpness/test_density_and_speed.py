@@ -125,8 +125,8 @@ def test_start_vector_near_the_top_eigenvector_saves_products(mlp_case):
     e0 = torch.zeros(50, dtype=F64)
     e0[0] = 1.0
     r = top_eigenvalues_fn(A, torch.zeros(50, dtype=F64), v0=e0, tol=1e-12)
-    # an exact eigenvector is an invariant subspace at once (then a restart and one step to see nothing moves)
-    assert r.n_hvp <= 3 and float(r.eigenvalues[0]) == 3.0
+    # an exact eigenvector is an invariant subspace at once (then a restart, and two steps to see nothing moves)
+    assert r.n_hvp <= 4 and float(r.eigenvalues[0]) == 3.0
     assert top_eigenvalues_fn(A, torch.zeros(50, dtype=F64), tol=1e-12).n_hvp > 10
     for bad, match in ((torch.zeros(3, dtype=F64), "nonzero"), (torch.ones(4, dtype=F64), "flat tensor")):
         with pytest.raises(ValueError, match=match):
@@ -177,3 +177,25 @@ def test_gradient_start_is_the_gradient_plus_a_seeded_random_vector(mlp_case):
     a = top_eigenvalues(lin, F.mse_loss, at_min, k=2, tol=1e-10, seed=1)
     b = top_eigenvalues(lin, F.mse_loss, at_min, k=2, tol=1e-10, seed=1, start="random")
     assert torch.equal(a.eigenvalues, b.eigenvalues) and a.eigenvalues.tolist() == pytest.approx([4.0, 1.0])
+
+
+def test_the_default_tolerance_holds_on_a_near_degenerate_top_pair():
+    """A CNN whose top two Hessian eigenvalues are 2% apart: before the rule asked for two consecutive passes, a
+    lucky pause of the Ritz value stopped 2 of these 10 starts after 5 products at 4e-3 error for tol=1e-3."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 8 * 8, 10),
+    ).eval()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(128, 3, 16, 16, generator=g), torch.randint(0, 10, (128,), generator=g))]
+    ref = top_eigenvalues(model, F.cross_entropy, data, k=2, tol=1e-10, dtype=F64, seed=12345).eigenvalues
+    assert 0.97 < float(ref[1] / ref[0]) < 0.99  # the case: a near-degenerate pair
+    for seed in range(10):
+        r = top_eigenvalues(model, F.cross_entropy, data, tol=1e-3, seed=seed)
+        assert abs(float(r.eigenvalues[0]) / float(ref[0]) - 1) <= 1e-3, (seed, r.n_hvp)
