@@ -1138,11 +1138,10 @@ class RhoRobustness(Experiment):
                 ax.axhline(float(config["flat_ratio"]), color="k", ls="--", lw=1, label="flatness threshold")
                 ax.scatter([1.0], [1.0], marker="*", s=120, color=METHOD_STYLE["gd"]["color"], zorder=5, label="SGD")
                 ax.set_xscale("log")
-                ax.set_yscale(
-                    "log"
-                )  # ratios: 0.5 and 2 equally far from SGD, and one sharp outlier cannot squash the rest
-                for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                    axis(FormatStrFormatter("%g"))
+                # ratios on a log axis: 0.5 and 2 are equally far from SGD, and one sharp outlier cannot squash the rest
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
                 ax.legend(fontsize=7)
             ax.set_xlabel("final training loss / SGD's")
             ax.set_ylabel("final λmax / SGD's")

@@ -16,9 +16,9 @@ Hessian-vector products and count them (``n_hvp``).
   ``tol >= 1e-2``, and in none at ``tol <= 1e-3``. The test must pass at two consecutive steps: a single pass can
   be a lucky pause of the Ritz value (``d`` near 0 by chance) — on a CNN with a near-degenerate top pair
   (``lambda_2 / lambda_1 = 0.98``) one pass stopped 2 of 10 gradient starts after 5 products at 4e-3 error for
-  ``tol=1e-3``; two passes cost one product more and stopped all 10 within 3e-6. Like any Krylov method it can settle on the second eigenvalue
-  first when the start vector has a tiny component along the top eigenvector and the two are close; a start vector
-  ``v0`` near the top eigenvector avoids that and saves most products. On an exact breakdown (an invariant
+  ``tol=1e-3``; two passes cost one product more and stopped all 10 within 3e-6. Like any Krylov method it can
+  settle on the second eigenvalue first when the start vector has a tiny component along the top eigenvector and
+  the two are close; a start vector ``v0`` near the top eigenvector avoids that and saves most products. On an exact breakdown (an invariant
   subspace) it restarts from a random vector orthogonal to the basis, so repeated eigenvalues are found when the
   basis breaks down (single-vector Krylov cannot see a multiplicity otherwise).
 * **Power iteration** (the PyHessian method) iterates ``v <- P H P v`` with ``P`` projecting out the eigenvectors
@@ -183,7 +183,7 @@ def lanczos(
     theta = S = None
     previous = None  # the top-k Ritz values of the previous step
     change = None  # how much they moved in that step
-    was_ok = False  # the test passed at the previous step too (one pass can be luck: see below)
+    was_ok = False  # the test passed at the previous step (one pass can be luck: see the module docstring)
     resid = torch.zeros(0, dtype=torch.float64)
     while m < max_iter:
         alpha, w, beta = _lanczos_step(matvec, Q, m, betas[m - 1] if m > 0 else 0.0)
