@@ -375,7 +375,17 @@ def run_experiment(
 
 
 def check_gpu_request(plan: Sequence[tuple[Experiment, str, Sequence[str], Mapping[str, Any]]], gpus: float) -> None:
-    """Refuse GPUs asked for training units that would train on the CPU (they would hold GPUs and not use them)."""
+    """Refuse GPUs asked for training units that would train on the CPU (they would hold GPUs and not use them).
+
+    >>> from samkit.experiments import get
+    >>> e7 = get("E7")
+    >>> check_gpu_request([(e7, "tiny", ["device=cuda"], e7.config("tiny", ["device=cuda"]))], 0.25)  # fine
+    >>> check_gpu_request([(e7, "tiny", [], e7.config("tiny"))], 0.25)
+    Traceback (most recent call last):
+    ...
+    samkit.experiments.base.ConfigError: --gpus-per-unit 0.25 would reserve GPUs for E7's training units, but they \
+train on device=cpu: add --device cuda (or leave out --gpus-per-unit)
+    """
     for exp, _, _, cfg in plan:
         if gpus and exp.device_units and cfg.get("device") == "cpu":
             raise ConfigError(
