@@ -60,7 +60,7 @@ BUILTIN: dict[str, str] = {
     "E4": "samkit.experiments.e4_scalar",
     "E5": "samkit.experiments.e5_single_neuron",
     "E6": "samkit.experiments.e6_pl",
-    "E7": "samkit.experiments.e7_rho_robustness",
+    "E7": "samkit.experiments.e7",
     "E8": "samkit.experiments.e8_edge_of_stability",
 }
 

@@ -9,8 +9,8 @@ disk, never from in-memory state — computes its :class:`Claim` s and draws its
 Example:
     >>> c = Claim(id="X.1", statement="GD converges", setting="η=0.1", prediction="loss < 1e-6",
     ...           measured="loss = 3e-9", tolerance="none", passed=True)
-    >>> c.verdict, Claim(**{**vars(c), "exercised": False}).verdict
-    ('PASS', 'NOT EXERCISED')
+    >>> c.verdict, Claim(**{**vars(c), "exercised": False}).verdict, Claim(**{**vars(c), "inconclusive": True}).verdict
+    ('PASS', 'NOT EXERCISED', 'INCONCLUSIVE')
     >>> apply_overrides({"steps": 10, "etas": [0.1, 0.2]}, ["steps=20", "etas=0.3,0.4"])
     {'steps': 20, 'etas': [0.3, 0.4]}
 
@@ -34,14 +34,18 @@ import numpy as np
 
 from samkit import _checks
 from samkit._io import jsonable as _jsonable  # one JSON-safe converter (re-exported for the runner)
+from samkit.experiments.stats import INCONCLUSIVE
 
 __all__ = [
     "PRESETS",
     "NOT_EXERCISED",
+    "INCONCLUSIVE",
+    "VERDICTS",
     "ConfigError",
     "Param",
     "describe",
     "Claim",
+    "make_claim",
     "Figure",
     "Unit",
     "Table",
@@ -56,6 +60,8 @@ __all__ = [
 PRESETS = ("tiny", "quick", "full")
 #: The verdict of a claim whose precondition did not hold in the data (see :class:`Claim`).
 NOT_EXERCISED = "NOT EXERCISED"
+#: Every verdict, in the order the report lists them (only PASS counts as passed).
+VERDICTS = ("FAIL", INCONCLUSIVE, NOT_EXERCISED, "PASS")
 
 
 class ConfigError(ValueError):
@@ -311,22 +317,59 @@ class Claim:
     data: list[str] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
     exercised: bool = True
+    inconclusive: bool = False
 
     @property
     def verdict(self) -> str:
-        """``"PASS"``, ``"FAIL"``, or ``"NOT EXERCISED"`` when the precondition did not hold in the data."""
+        """``"PASS"``, ``"FAIL"``, ``"NOT EXERCISED"`` when the precondition did not hold in the data, or
+        ``"INCONCLUSIVE"`` when the interval over seeds straddles the threshold."""
         if not self.exercised:
             return NOT_EXERCISED
+        if self.inconclusive:
+            return INCONCLUSIVE
         return "PASS" if self.passed else "FAIL"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict, with the verdict (``passed`` is false for a claim that was not exercised)."""
+        """A JSON-able dict, with the verdict (``passed`` is true only for a PASS)."""
         d = asdict(self)
-        d["passed"] = bool(self.passed and self.exercised)
+        d["passed"] = self.verdict == "PASS"
         d["exercised"] = bool(self.exercised)
+        d["inconclusive"] = bool(self.inconclusive)
         d["verdict"] = self.verdict
         d["values"] = _jsonable(self.values)
         return d
+
+
+def make_claim(
+    *, measured: str, why: Sequence[str] = (), verdict: str | None = None, passed: bool | None = None, **fields: Any
+) -> Claim:
+    """A :class:`Claim` judged by ``verdict`` (``"PASS"``, ``"FAIL"`` or ``"INCONCLUSIVE"``, e.g. from
+    :func:`samkit.experiments.stats.judge`) or by ``passed``; NOT EXERCISED when ``why`` lists a precondition that
+    did not hold in the data (the reasons are appended to ``measured``; the numbers stay shown).
+
+    >>> kw = dict(id="X.1", statement="s", setting="", prediction="p", tolerance="t")
+    >>> make_claim(measured="m", verdict="INCONCLUSIVE", **kw).verdict
+    'INCONCLUSIVE'
+    >>> c = make_claim(measured="ratio 3", passed=True, why=["GD diverged"], **kw)
+    >>> c.verdict, c.measured
+    ('NOT EXERCISED', 'ratio 3 — precondition not met: GD diverged')
+    """
+    if (verdict is None) == (passed is None):
+        raise ValueError("make_claim needs exactly one of verdict and passed")
+    if verdict is None:
+        verdict = "PASS" if passed else "FAIL"
+    if verdict not in ("PASS", "FAIL", INCONCLUSIVE):
+        raise ValueError(f"verdict must be PASS, FAIL or {INCONCLUSIVE}, got {verdict!r}")
+    why = list(dict.fromkeys(why))
+    if why:
+        measured += f" — precondition not met: {'; '.join(why)}"
+    return Claim(
+        measured=measured,
+        passed=verdict == "PASS" and not why,
+        exercised=not why,
+        inconclusive=verdict == INCONCLUSIVE and not why,
+        **fields,
+    )
 
 
 @dataclass
@@ -491,6 +534,22 @@ class Experiment:
     def claims(self, config: Mapping[str, Any], data: Mapping[str, Table]) -> list[Claim]:
         """Compute the claims from the tables read back from disk."""
         raise NotImplementedError
+
+    def analyse(self, config: Mapping[str, Any], data: Mapping[str, Table]) -> Any:
+        """What the claims and the figures both need, computed from the tables (override in an experiment that has
+        an analysis; read it through :meth:`analysis`, which computes it once)."""
+        return None
+
+    def analysis(self, config: Mapping[str, Any], data: Mapping[str, Table]) -> Any:
+        """:meth:`analyse` of these tables, computed once: :func:`~samkit.experiments.runner.finalize` hands the
+        same ``data`` to :meth:`claims` and :meth:`figures`, so the second call reuses the first's result."""
+        key = stable_hash(dict(config))
+        memo = getattr(self, "_analysis_memo", None)
+        if memo is not None and memo[0] is data and memo[1] == key:
+            return memo[2]
+        result = self.analyse(config, data)
+        self._analysis_memo = (data, key, result)
+        return result
 
     def figures(self, config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
         """Draw the figures into ``fig_dir`` from the tables read back from disk."""

@@ -3,12 +3,16 @@
 Layout of an experiment's output directory ``OUT/<name>/``::
 
     units/KEY-HASH.json one file per finished work unit (HASH covers the experiment, its version, the source code
-                        that computes it and the unit's parameters): a rerun skips every unit whose file
-                        exists, so an interrupted run resumes where it stopped
+                        that computes it and the unit's parameters) with the sha256 of its result: a rerun skips
+                        every unit whose file exists and whose result matches its checksum (an edited one is
+                        recomputed, and the run says so), so an interrupted run resumes where it stopped
     data/TABLE.csv     tidy tables built from the unit results
     config.json        written once every unit is in: the resolved config, its hash, the preset, the overrides
                         and the row count and sha256 of each table — the commit point that ties the data to
-                        the config that produced it (a failed run leaves the previous config and data intact)
+                        the config that produced it (a failed run leaves the previous config and data intact).
+                        Whoever reads it re-derives the config from (preset, overrides) through the experiment's
+                        schema and refuses the folder unless both agree (:func:`read_config`): an edited
+                        threshold cannot turn a FAIL into a PASS
     figures/*.png      figures drawn from the CSV files (read back from disk, checked against config.json)
     result.json        claims with verdicts, figures with captions, provenance, timings
     failure.json       only when the last run of this experiment did not finish (why)
@@ -77,6 +81,7 @@ __all__ = [
     "UnitError",
     "LockedError",
     "DamagedDataError",
+    "result_digest",
 ]
 
 
@@ -199,7 +204,9 @@ def _module_file(name: str) -> Path | None:
 def code_fingerprint(exp: Experiment) -> str:
     """A hash of the source code that computes ``exp``'s units.
 
-    The file that defines the experiment's class and, transitively, every ``samkit`` module it imports (found by
+    The file that defines the experiment's ``run_unit`` (its class's module, or the module a package experiment
+    takes ``run_unit`` from, e.g. :mod:`samkit.experiments.e7.runs`: then editing its claims or figures keeps the
+    cache) and, transitively, every ``samkit`` module it imports (found by
     reading the import statements), except the modules that only orchestrate or present (:data:`_NOT_COMPUTING`).
     Computed once per experiment class and process.
     """
@@ -207,8 +214,13 @@ def code_fingerprint(exp: Experiment) -> str:
     ident = f"{cls.__module__}.{cls.__qualname__}"
     if ident in _FINGERPRINTS:
         return _FINGERPRINTS[ident]
-    first = Path(inspect.getfile(cls))
-    todo: list[tuple[str | None, Path]] = [(cls.__module__, first)]
+    # the module that defines run_unit (the class's own, unless the class takes run_unit from a module of its own)
+    run_unit = getattr(cls.run_unit, "__func__", cls.run_unit)
+    module = getattr(run_unit, "__module__", None) or cls.__module__
+    if module == "samkit.experiments.base":
+        module = cls.__module__
+    first = Path(inspect.getfile(sys.modules[module]))
+    todo: list[tuple[str | None, Path]] = [(module, first)]
     seen_files: set[Path] = set()
     seen_mods: set[str] = set()
     digest = hashlib.sha256()
@@ -333,15 +345,31 @@ class Planned:
     unit_seconds: float = 0.0  # the compute time of the units run now (not the cached ones), summed over workers
 
 
-def _load_cached(path: Path, h: str) -> tuple[bool, Any]:
-    """A unit file's result when it is complete and its hash matches; anything else is a cache miss."""
+def result_digest(result: Any) -> str:
+    """The sha256 of a unit's result as JSON (keys sorted, compact): recorded in its file, checked on load.
+
+    >>> result_digest({"b": [1.0, float("nan")], "a": 1}) == result_digest({"a": 1, "b": [1.0, float("nan")]})
+    True
+    """
+    text = json.dumps(_jsonable(result), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_cached(path: Path, h: str) -> tuple[bool, Any, str | None]:
+    """``(hit, result, why)``: a unit file's result when it is complete, its hash matches and its result matches the
+    checksum recorded with it; anything else is a cache miss (``why`` says why when the file exists but cannot be
+    used, so the run can say that it recomputes it)."""
+    if not path.exists():
+        return False, None, None
     try:
         stored = read_json(path)
     except (OSError, ValueError):
-        return False, None
+        return False, None, "it is not readable JSON"
     if not isinstance(stored, dict) or stored.get("hash") != h or not isinstance(stored.get("result"), dict):
-        return False, None
-    return True, stored["result"]
+        return False, None, "it is not a complete unit record"
+    if stored.get("result_sha256") != result_digest(stored["result"]):
+        return False, None, "its result does not match the sha256 recorded with it (edited?)"
+    return True, stored["result"], None
 
 
 def run_experiment(
@@ -443,7 +471,9 @@ def run_experiments(
             for u in p.units:
                 h = unit_hash(p.exp, u.params)
                 path = p.exp_dir / "units" / f"{safe_name(u.key)}-{h}.json"
-                hit, res = _load_cached(path, h)
+                hit, res, why = _load_cached(path, h)
+                if why is not None:
+                    print(f"samkit: {p.exp.name}: recomputing unit {u.key}: {str(path)!r}: {why}", file=sys.stderr)
                 if hit:
                     p.results[u.key] = res
                     p.cached += 1
@@ -476,6 +506,7 @@ def run_experiments(
                             "seconds": outcome.seconds,
                             "provenance": provs[p.exp.name],
                             "result": outcome.result,
+                            "result_sha256": result_digest(outcome.result),
                         },
                     )
                     p.results[u.key] = outcome.result
@@ -571,17 +602,49 @@ class DamagedDataError(ConfigError):
     """A table on disk does not match what the run that wrote it recorded (truncated, edited, missing)."""
 
 
-def read_config(exp_dir: Path) -> dict[str, Any]:
-    """Read and check ``EXP_DIR/config.json``: a clear :class:`ConfigError` when it is missing or damaged."""
+class TamperedConfigError(DamagedDataError):
+    """``config.json`` is not the config that its preset and overrides give (edited after the run)."""
+
+
+def read_config(exp_dir: Path, exp: Experiment | None = None) -> dict[str, Any]:
+    """Read and check ``EXP_DIR/config.json``: a clear :class:`ConfigError` when it is missing or damaged.
+
+    With ``exp`` (the experiment it belongs to), the config is re-derived from the recorded preset and overrides
+    through ``exp``'s schema (:meth:`Experiment.config`) and must equal the recorded config and its hash, else
+    :class:`TamperedConfigError`: a threshold edited in ``config.json`` can never judge the data.
+    """
     path = Path(exp_dir) / "config.json"
     meta = read_json(path)
     ok = isinstance(meta, dict) and isinstance(meta.get("config"), dict) and isinstance(meta.get("experiment"), str)
-    if not ok or not isinstance(meta.get("tables"), dict):
+    ok = ok and isinstance(meta.get("tables"), dict) and isinstance(meta.get("preset"), str)
+    ok = ok and isinstance(meta.get("overrides", []), list) and all(isinstance(o, str) for o in meta.get("overrides", []))
+    if not ok:
         raise ConfigError(
             f"{str(path)!r} is not a complete samkit config (written by an older samkit or edited); "
             f"rerun `samkit run {Path(exp_dir).name}`"
         )
+    if exp is not None:
+        _verify_config(exp, meta, path)
     return meta
+
+
+def _verify_config(exp: Experiment, meta: Mapping[str, Any], path: Path) -> None:
+    """Raise :class:`TamperedConfigError` unless ``meta`` holds the config its preset and overrides give."""
+    rerun = f"rerun `samkit run {exp.name}` to recompute it"
+    if meta["experiment"] != exp.name:
+        raise TamperedConfigError(f"{str(path)!r} is the config of {meta['experiment']!r}, not of {exp.name}; {rerun}")
+    try:
+        derived = exp.config(meta["preset"], meta.get("overrides", []))
+    except ConfigError as err:
+        raise TamperedConfigError(f"{str(path)!r}: its preset and overrides give no valid config ({err}); {rerun}") from None
+    derived = json.loads(json.dumps(_jsonable(derived)))
+    if derived != meta["config"] or stable_hash(derived) != meta.get("config_hash"):
+        keys = sorted(k for k in set(derived) | set(meta["config"]) if derived.get(k) != meta["config"].get(k))
+        what = f"key(s) {', '.join(keys)} differ" if keys else "its config_hash differs"
+        raise TamperedConfigError(
+            f"{str(path)!r} was edited: it is not the config that preset {meta['preset']!r} with overrides "
+            f"{meta.get('overrides', [])} gives ({what}); {rerun}"
+        )
 
 
 def load_tables(exp_dir: Path, manifest: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Table]:
@@ -623,7 +686,7 @@ def finalize(exp: Experiment, exp_dir: Path, run_info: Mapping[str, Any] | None 
     import matplotlib.pyplot as plt
 
     exp_dir = Path(exp_dir)
-    meta = read_config(exp_dir)
+    meta = read_config(exp_dir, exp)
     cfg = meta["config"]
     data = load_tables(exp_dir, meta["tables"])
     claims = exp.claims(cfg, data)

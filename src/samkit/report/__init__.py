@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from samkit.experiments.base import NOT_EXERCISED, ConfigError
+from samkit.experiments.base import INCONCLUSIVE, NOT_EXERCISED, VERDICTS, ConfigError
 from samkit.experiments.runner import atomic_write_text, load_tables, read_config, read_json, write_json
 
-__all__ = ["collect", "collect_results", "write_report", "summary", "verdict_counts", "VERDICTS"]
+__all__ = ["collect", "collect_results", "write_report", "summary", "verdict_counts", "VERDICTS"]  # VERDICTS from base
 
-#: The verdicts of a claim, in the order the report lists them.
-VERDICTS = ("FAIL", NOT_EXERCISED, "PASS")
 #: What a problem's ``kind`` means, in the report's words.
 _KINDS = {"missing": "did not run", "error": "did not finish", "damaged": "damaged"}
 _TITLE = "The Crucial Role of Normalization in Sharpness-Aware Minimization"
@@ -65,6 +63,7 @@ def _inspect(exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | Non
                     f"{str(exp_dir / 'config.json')!r} is the config of experiment {meta['experiment']!r}, not of "
                     f"{name!r}; rerun `samkit run {name}`"
                 )
+            read_config(exp_dir, _experiment(name, exp_dir))  # re-derived from (preset, overrides): not edited
             load_tables(exp_dir, meta["tables"])  # DamagedDataError (a ConfigError) on a truncated or edited table
         if (exp_dir / "result.json").exists():
             if meta is None:
@@ -83,6 +82,20 @@ def _inspect(exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | Non
         kind = failure.get("kind") if failure.get("kind") in _KINDS else "error"
         return result, _problem(name, str(failure.get("reason", "unknown reason")), kind, previous=result is not None)
     return result, None
+
+
+def _experiment(name: str, exp_dir: Path) -> Any:
+    """The registered experiment ``name``, whose schema re-derives the folder's config; a :class:`ConfigError`
+    when samkit does not know it (its config could not be checked, so its verdicts are not shown)."""
+    from samkit.experiments import get
+
+    try:
+        return get(name)
+    except ConfigError:
+        raise ConfigError(
+            f"{str(exp_dir / 'config.json')!r} belongs to experiment {name!r}, which this samkit does not know: its "
+            "config cannot be checked against its preset and overrides"
+        ) from None
 
 
 def _checked_result(result: Any, exp_dir: Path) -> dict[str, Any]:
@@ -161,7 +174,8 @@ def collect_results(out: Path) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- counting
 def _verdict(claim: Mapping[str, Any]) -> str:
-    """PASS, FAIL or NOT EXERCISED (results written before the third verdict existed have only ``passed``)."""
+    """PASS, FAIL, INCONCLUSIVE or NOT EXERCISED (results written before the other verdicts existed have only
+    ``passed``)."""
     v = claim.get("verdict")
     return v if v in VERDICTS else ("PASS" if claim.get("passed") else "FAIL")
 
@@ -176,15 +190,23 @@ def verdict_counts(results: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """How many claims have each verdict, in :data:`VERDICTS` order.
 
     >>> verdict_counts([{"claims": [{"verdict": "PASS"}, {"passed": False}, {"verdict": "NOT EXERCISED"}]}])
-    {'FAIL': 1, 'NOT EXERCISED': 1, 'PASS': 1}
+    {'FAIL': 1, 'INCONCLUSIVE': 0, 'NOT EXERCISED': 1, 'PASS': 1}
     """
     counts = Counter(_verdict(c) for r in results for c in r["claims"])
     return {v: counts.get(v, 0) for v in VERDICTS}
 
 
 def _not_exercised(counts: Mapping[str, int]) -> str:
-    n = counts[NOT_EXERCISED]
-    return f" ({n} NOT EXERCISED: the data did not meet their precondition)" if n else ""
+    """What the claims that neither PASS nor FAIL mean, e.g. `` (1 INCONCLUSIVE: ...)``."""
+    notes = []
+    if counts.get(INCONCLUSIVE):
+        notes.append(
+            f"{counts[INCONCLUSIVE]} INCONCLUSIVE: the interval over seeds straddles the threshold, more seeds "
+            "would decide"
+        )
+    if counts.get(NOT_EXERCISED):
+        notes.append(f"{counts[NOT_EXERCISED]} NOT EXERCISED: the data did not meet their precondition")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 # ---------------------------------------------------------------------------------------------- the page's model
@@ -297,7 +319,7 @@ def _seconds(wall: Any, units: Any) -> str:
 
 
 def _attention(sections: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """One line per experiment that did not run or is damaged, then per FAIL, then per NOT EXERCISED claim."""
+    """One line per experiment that did not run or is damaged, then per FAIL, INCONCLUSIVE and NOT EXERCISED claim."""
     lines = []
     for s in sections:
         if s["problem"] is not None:
@@ -305,7 +327,7 @@ def _attention(sections: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
             shown = " The results shown are those of its previous complete run." if p["previous"] else ""
             lines.append({"kind": p["kind"], "label": p["label"], "href": "#" + s["anchor"],
                           "text": f"{s['name']}: {p['reason']}{shown}"})  # fmt: skip
-    for verdict in ("FAIL", NOT_EXERCISED):
+    for verdict in ("FAIL", INCONCLUSIVE, NOT_EXERCISED):
         for s in sections:
             for g in s["groups"]:
                 for c in g["claims"]:
