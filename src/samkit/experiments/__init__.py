@@ -61,7 +61,7 @@ BUILTIN: dict[str, str] = {
     "E5": "samkit.experiments.e5_single_neuron",
     "E6": "samkit.experiments.e6_pl",
     "E7": "samkit.experiments.e7",
-    "E8": "samkit.experiments.e8_edge_of_stability",
+    "E8": "samkit.experiments.e8",
 }
 
 _REGISTRY: dict[str, type[Experiment]] = {}

@@ -2,6 +2,17 @@
 
 SAM with any ρ ends in an O(ρ) neighbourhood of the flattest minimum (0, 0); USAM, with the
 initialization scaled so that GD is stable (``y0² = 1/η``, ``x0 = y0/2``), diverges once ``ρ ≳ η``.
+
+Claims (deterministic runs: no seeds):
+
+* E4.1: SAM ends within Theorem 2's radius ρ of (0, 0) at every ρ of the grid, and — since it keeps sliding along
+  the minima on the time scale 1/(ηρ²) — its final distance falls strictly as ρ grows (until it is below
+  ``FLOOR``). GD (which stops at (0, y∞), the same distance at every ρ), USAM, or a SAM whose drift stalls fail it;
+* E4.2: USAM's divergence boundary ρ*(η), found at every η by bisection on ρ over ``[bisect_rho_min,
+  bisect_rho_max]`` (the same bracket at every η) to a relative width ``bisect_tol``, satisfies ρ*/η ∈ [0.5, 2], and
+  the log-log slope of ρ*(η) has its 90% confidence interval (least squares, Student t with n − 2 degrees of freedom)
+  within 1 ± 0.15; divergence is monotone in ρ on the (η, ρ/η) grid of the figure (which bisection assumes);
+* E4.3: SAM diverges nowhere on that grid.
 """
 
 from __future__ import annotations
@@ -17,7 +28,9 @@ from matplotlib.ticker import NullFormatter
 from samkit.dynamics import ScalarFactorization, simulate, theory
 from samkit.experiments import Claim, Experiment, Figure, Param, Table, Unit, fmt, register
 from samkit.experiments._common import BLOWUP, SEED, grid_keys, logspace, mesh, tolist
+from samkit.experiments.base import make_claim
 from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
+from samkit.experiments.stats import INCONCLUSIVE, SeedInterval, judge, t_quantile
 
 #: Distances below this are drawn at this value (they reach ~1e-80 numerically).
 FLOOR = 1e-16
@@ -39,6 +52,9 @@ def _preset(n_rho: int, steps: int, n_eta: int, n_ratio: int, region_steps: int)
         "ratio_max": 10.0,
         "n_ratio": n_ratio,
         "region_steps": region_steps,
+        "bisect_rho_min": 1e-4,
+        "bisect_rho_max": 1.0,
+        "bisect_tol": 0.01,
         "blowup": 1e12,
     }
 
@@ -64,7 +80,10 @@ class ScalarFactorizationExp(Experiment):
         "steps": Param(int, "iterations of each radius run", min=1),
         **grid_keys("eta", "step size of the region runs", "log-spaced"),
         **grid_keys("ratio", "ρ/η of the region runs", "log-spaced"),
-        "region_steps": Param(int, "iterations of each region run", min=1),
+        "region_steps": Param(int, "iterations of each region run (and of each bisection run)", min=1),
+        "bisect_rho_min": Param(float, "E4.2: lower end of the bisection bracket of ρ*", min=0, strict=True),
+        "bisect_rho_max": Param(float, "E4.2: upper end of the bracket", min=0, strict=True),
+        "bisect_tol": Param(float, "E4.2: bisection stops when the bracket's hi/lo ≤ 1 + this", min=0, strict=True),
         "blowup": BLOWUP,
     }
 
@@ -78,10 +97,43 @@ class ScalarFactorizationExp(Experiment):
         blowup = config["blowup"]
         units = [Unit(f"radius-{m}", {**radius, "method": m, "blowup": blowup}) for m in ("gd", "sam", "usam")]
         units += [Unit(f"region-{m}", {**region, "method": m, "blowup": blowup}) for m in ("sam", "usam")]
+        bisect = {k: config[k] for k in ("bisect_rho_min", "bisect_rho_max", "bisect_tol", "region_steps")}
+        units.append(Unit("boundary-usam", {"kind": "boundary", "etas": etas, **bisect, "blowup": blowup}))
         return units
 
     def run_unit(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return self._run_radius(params) if params["kind"] == "radius" else self._run_region(params)
+        run = {"radius": self._run_radius, "region": self._run_region, "boundary": self._run_boundary}
+        return run[params["kind"]](params)
+
+    @staticmethod
+    def _diverges(etas: torch.Tensor, rhos: torch.Tensor, steps: int, blowup: float) -> torch.Tensor:
+        """Whether USAM diverges within ``steps`` from y0 = η^(−1/2), x0 = y0/2, for each (η, ρ) pair."""
+        y0 = torch.sqrt(1.0 / etas)
+        r = simulate(ScalarFactorization(), "usam", eta=etas, rho=rhos, x0=torch.stack([y0 / 2, y0], 1),
+                     steps=steps, record=(), blowup=blowup)  # fmt: skip
+        return r.diverged
+
+    @classmethod
+    def _run_boundary(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """USAM's divergence boundary ρ*(η) at every η by bisection in log ρ, all η in one batched run per step."""
+        etas = torch.tensor(params["etas"], dtype=torch.float64)
+        lo = torch.full_like(etas, params["bisect_rho_min"])
+        hi = torch.full_like(etas, params["bisect_rho_max"])
+        args = (params["region_steps"], params["blowup"])
+        ok = ~cls._diverges(etas, lo, *args) & cls._diverges(etas, hi, *args)  # the bracket holds the boundary
+        steps = 0
+        while bool(((hi / lo) > 1.0 + params["bisect_tol"]).any()):
+            mid = torch.sqrt(lo * hi)
+            div = cls._diverges(etas, mid, *args)
+            hi, lo = torch.where(div, mid, hi), torch.where(div, lo, mid)
+            steps += 1
+        return {
+            "eta": tolist(etas),
+            "rho_lo": tolist(lo),
+            "rho_hi": tolist(hi),
+            "bracketed": tolist(ok),
+            "bisections": steps,
+        }
 
     @staticmethod
     def _run_radius(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,7 +200,18 @@ class ScalarFactorizationExp(Experiment):
             r = results[f"region-{m}"]
             cols = ("eta", "rho", "diverged", "diverged_at", "final_norm")
             region += [{"method": m, **{c: r[c][i] for c in cols}} for i in range(len(r["eta"]))]
-        return {"sam_radius": radius, "trajectories": traj, "usam_region": region}
+        b = results["boundary-usam"]
+        boundary = [
+            {
+                "eta": e,
+                "rho_lo": lo,
+                "rho_hi": hi,
+                "rho_star": (lo * hi) ** 0.5 if ok else float("nan"),
+                "bracketed": ok,
+            }
+            for e, lo, hi, ok in zip(b["eta"], b["rho_lo"], b["rho_hi"], b["bracketed"])
+        ]
+        return {"sam_radius": radius, "trajectories": traj, "usam_region": region, "usam_boundary": boundary}
 
     # -- claims ---------------------------------------------------------------------------------------------------
     @staticmethod
@@ -174,58 +237,96 @@ class ScalarFactorizationExp(Experiment):
         reg = data["usam_region"]
         return [
             self._sam_radius_claim(config, data["sam_radius"]),
-            self._usam_boundary_claim(config, reg),
+            self._usam_boundary_claim(config, data["usam_boundary"], reg),
             self._sam_region_claim(reg),
         ]
 
     def _sam_radius_claim(self, config: Mapping[str, Any], radius: Table) -> Claim:
-        """E4.1: SAM ends within Theorem 2's O(ρ) radius of (0, 0) at every ρ."""
+        """E4.1: SAM ends within Theorem 2's O(ρ) radius of (0, 0) at every ρ, closer as ρ grows."""
         rad = radius.where(method="sam")
-        rho = rad.col("rho")
+        order = np.argsort(rad.col("rho"))
+        rho, meas = rad.col("rho")[order], rad.col("tail_max_norm")[order]
+        div = rad.col("diverged").astype(bool)[order]
         pred = theory.scalar_factorization_sam_radius(torch.as_tensor(rho)).numpy()
-        meas = rad.col("tail_max_norm")
-        div = rad.col("diverged").astype(bool)
-        return Claim(
+        falls = [bool(b < a or max(a, b) <= FLOOR) for a, b in zip(meas, meas[1:])]
+        stalls = [f"ρ={fmt(rho[i])}→{fmt(rho[i + 1])}" for i, f in enumerate(falls) if not f]
+        return make_claim(
             id="E4.1",
-            statement="SAM on ½(xy)² ends in an O(ρ) neighbourhood of the flattest minimum (0, 0), for every ρ.",
+            statement="SAM on ½(xy)² ends in an O(ρ) neighbourhood of the flattest minimum (0, 0), for every ρ; it "
+            "keeps sliding along the minima (time scale 1/(ηρ²)), so a larger ρ ends closer.",
             setting=f"x0={tuple(config['x0'])}, η={config['eta']}, ρ∈[{fmt(rho.min())}, {fmt(rho.max())}] "
             f"({len(rho)} values), {config['steps']} steps",
             prediction="limsup ‖(x_t, y_t)‖ ≤ C·ρ with C = "
-            f"{fmt(theory.SCALAR_FACTORIZATION_SAM_CONSTANT)} (scalar_factorization_sam_radius)",
-            measured="max ‖(x, y)‖ over the last 10% of steps: " + ", ".join(fmt(v) for v in meas),
-            tolerance="≤ the predicted radius at every ρ, no divergence",
-            passed=bool((~div).all() and (meas <= pred).all()),
+            f"{fmt(theory.SCALAR_FACTORIZATION_SAM_CONSTANT)} (scalar_factorization_sam_radius), and the final "
+            "distance strictly decreasing in ρ",
+            measured="max ‖(x, y)‖ over the last 10% of steps: "
+            + ", ".join(fmt(v) for v in meas)
+            + ("; decreasing in ρ" if not stalls else f"; not decreasing at {', '.join(stalls)}"),
+            tolerance=f"≤ the predicted radius at every ρ, no divergence; each step up in ρ ends strictly closer "
+            f"(distances below {FLOOR:g} count as the origin)",
+            passed=bool(len(rho) and (~div).all() and (meas <= pred).all() and not stalls),
             figure="scalar_sam_radius.png",
             data=["data/sam_radius.csv", "data/trajectories.csv"],
             values={"rho": rho.tolist(), "measured": meas.tolist(), "predicted": pred.tolist()},
         )
 
-    def _usam_boundary_claim(self, config: Mapping[str, Any], reg: Table) -> Claim:
-        """E4.2: USAM's measured divergence boundary is ρ*(η) ≈ η (ratio within [0.5, 2], log-log slope ≈ 1)."""
-        etas, rstar, monotone = self._boundary(reg.where(method="usam"))
-        pred_b = theory.scalar_factorization_usam_boundary(torch.as_tensor(etas)).numpy()
-        ratio = rstar / pred_b
-        ok = np.isfinite(ratio)
-        slope = float(np.polyfit(np.log(etas[ok]), np.log(rstar[ok]), 1)[0]) if ok.sum() >= 2 else float("nan")
-        if ok.any():
-            span = f"ρ*/η from {fmt(np.nanmin(ratio))} to {fmt(np.nanmax(ratio))}"
+    @staticmethod
+    def _slope(etas: np.ndarray, rstar: np.ndarray) -> SeedInterval | None:
+        """The least-squares slope of log ρ* on log η with its 90% t-interval (n − 2 degrees of freedom)."""
+        if len(etas) < 3:
+            return None
+        x, y = np.log(etas), np.log(rstar)
+        (slope, icpt), res = np.polyfit(x, y, 1), None
+        res = y - (slope * x + icpt)
+        se = float(np.sqrt(np.sum(res**2) / (len(x) - 2) / np.sum((x - x.mean()) ** 2)))
+        half = t_quantile(0.95, len(x) - 2) * se
+        return SeedInterval(tuple(float(v) for v in y), tuple(float(v) for v in etas), float(slope),
+                            float(slope) - half, float(slope) + half)  # fmt: skip
+
+    def _usam_boundary_claim(self, config: Mapping[str, Any], bound: Table, reg: Table) -> Claim:
+        """E4.2: USAM's divergence boundary, by bisection, is ρ*(η) ≈ η (ratio in [0.5, 2], slope 1 ± 0.15)."""
+        _, _, monotone = self._boundary(reg.where(method="usam"))
+        bound = bound.where(method="usam")
+        etas, rstar = bound.col("eta"), bound.col("rho_star")
+        ok = np.isfinite(rstar) if len(bound) else np.array([False])
+        ratio = rstar / theory.scalar_factorization_usam_boundary(torch.as_tensor(etas)).numpy()
+        slope = self._slope(etas[ok], rstar[ok]) if ok.all() else None
+        if slope is None:
+            verdict = "FAIL"
         else:
-            span = "no USAM divergence in the grid"
-        return Claim(
+            sides = [judge(slope, ">=", 0.85), judge(slope, "<=", 1.15)]
+            verdict = "FAIL" if "FAIL" in sides else "PASS" if sides == ["PASS", "PASS"] else INCONCLUSIVE
+        if not (ok.all() and monotone and (ratio >= 0.5).all() and (ratio <= 2).all()):
+            verdict = "FAIL"
+        measured = (
+            "ρ*/η = "
+            + ", ".join(fmt(r) for r in ratio)
+            + (
+                f"; log-log slope {fmt(slope.mean, 4)} [{fmt(slope.lo, 4)}, {fmt(slope.hi, 4)}] (90% CI)"
+                if slope
+                else ""
+            )
+            + f"; divergence monotone in ρ on the grid: {monotone}"
+        )
+        if not ok.all():
+            measured += (
+                f"; the bracket [{fmt(config['bisect_rho_min'])}, {fmt(config['bisect_rho_max'])}] holds no boundary at η = "
+                + ", ".join(fmt(e) for e in etas[~ok])
+            )  # noqa: E501
+        return make_claim(
             id="E4.2",
             statement="USAM on ½(xy)² (initialization y0² = 1/η, x0 = y0/2) diverges once ρ ≳ η.",
-            setting=f"η∈[{fmt(config['eta_min'])}, {fmt(config['eta_max'])}] ({len(etas)} values), "
-            f"ρ/η∈[{fmt(config['ratio_min'])}, {fmt(config['ratio_max'])}] ({config['n_ratio']} values), "
-            f"{config['region_steps']} steps",
+            setting=f"η∈[{fmt(config['eta_min'])}, {fmt(config['eta_max'])}] ({len(etas)} values), ρ* by bisection "
+            f"in log ρ over [{fmt(config['bisect_rho_min'])}, {fmt(config['bisect_rho_max'])}] (the same at every "
+            f"η) to hi/lo ≤ 1 + {config['bisect_tol']:g}, {config['region_steps']} steps per run",
             prediction="boundary ρ*(η) = η (scalar_factorization_usam_boundary): ρ*/η = 1, log-log slope 1",
-            measured=f"{span}; slope {fmt(slope)}; divergence monotone in ρ: {monotone}",
-            tolerance="ρ*/η within [0.5, 2] at every η; slope within 1 ± 0.15; monotone",
-            passed=bool(
-                ok.all() and monotone and (ratio >= 0.5).all() and (ratio <= 2).all() and abs(slope - 1) <= 0.15
-            ),
+            measured=measured,
+            tolerance="ρ*/η within [0.5, 2] at every η; the slope's 90% confidence interval (least squares, t with "
+            "n − 2 df) within [0.85, 1.15] (PASS), wholly outside (FAIL), else INCONCLUSIVE; monotone",
+            verdict=verdict,
             figure="usam_region.png",
-            data=["data/usam_region.csv"],
-            values={"eta": etas.tolist(), "rho_star": rstar.tolist(), "slope": slope},
+            data=["data/usam_boundary.csv", "data/usam_region.csv"],
+            values={"eta": etas.tolist(), "rho_star": rstar.tolist(), "slope": slope.to_dict() if slope else None},
         )
 
     @staticmethod
@@ -250,7 +351,7 @@ class ScalarFactorizationExp(Experiment):
     def figures(self, config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
         return [
             self._radius_figure(config, data["sam_radius"], data["trajectories"], fig_dir),
-            self._region_figure(config, data["usam_region"], fig_dir),
+            self._region_figure(config, data["usam_region"], data["usam_boundary"], fig_dir),
         ]
 
     def _radius_figure(self, config: Mapping[str, Any], rad: Table, traj: Table, fig_dir: Path) -> Figure:
@@ -304,7 +405,7 @@ class ScalarFactorizationExp(Experiment):
             ["data/sam_radius.csv", "data/trajectories.csv"],
         )
 
-    def _region_figure(self, config: Mapping[str, Any], reg: Table, fig_dir: Path) -> Figure:
+    def _region_figure(self, config: Mapping[str, Any], reg: Table, data_boundary: Table, fig_dir: Path) -> Figure:
         fig, axes = new_figure(2, 1, width=5.0, height=4.0)
         for ax, m in zip(axes[0], ("usam", "sam")):
             t = reg.where(method=m)
@@ -315,8 +416,8 @@ class ScalarFactorizationExp(Experiment):
             boundary = theory.scalar_factorization_usam_boundary(torch.as_tensor(ee)).numpy()
             ax.plot(ee, boundary, "k--", label="ρ = η (USAM boundary, theory)")
             if m == "usam":
-                etas, rstar, _ = self._boundary(t)
-                ax.plot(etas, rstar, "k^", ms=5, label="measured boundary ρ*(η)")
+                b = data_boundary.where(method="usam")
+                ax.plot(b.col("eta"), b.col("rho_star"), "k^", ms=5, label="bisected boundary ρ*(η)")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
@@ -328,9 +429,9 @@ class ScalarFactorizationExp(Experiment):
             save_figure(fig, fig_dir / "usam_region.png"),
             "USAM's divergence region follows ρ ≈ η; SAM has none",
             f"Each square is a run of {config['region_steps']} steps from y0 = η^(−1/2), x0 = y0/2 (so "
-            "η·y0² = 1 and GD is stable); red = diverged. USAM's measured boundary (triangles, geometric "
-            "mean of the last bounded and first diverged ρ) tracks the theory line ρ = η; SAM stays "
-            "bounded everywhere.",
+            "η·y0² = 1 and GD is stable); red = diverged. USAM's boundary (triangles: bisection in ρ to "
+            f"{config['bisect_tol']:g} relative width, on a bracket that does not depend on η) tracks the theory line "
+            "ρ = η; SAM stays bounded everywhere.",
             ["E4.2", "E4.3"],
-            ["data/usam_region.csv"],
+            ["data/usam_region.csv", "data/usam_boundary.csv"],
         )

@@ -617,7 +617,11 @@ def read_config(exp_dir: Path, exp: Experiment | None = None) -> dict[str, Any]:
     meta = read_json(path)
     ok = isinstance(meta, dict) and isinstance(meta.get("config"), dict) and isinstance(meta.get("experiment"), str)
     ok = ok and isinstance(meta.get("tables"), dict) and isinstance(meta.get("preset"), str)
-    ok = ok and isinstance(meta.get("overrides", []), list) and all(isinstance(o, str) for o in meta.get("overrides", []))
+    ok = (
+        ok
+        and isinstance(meta.get("overrides", []), list)
+        and all(isinstance(o, str) for o in meta.get("overrides", []))
+    )
     if not ok:
         raise ConfigError(
             f"{str(path)!r} is not a complete samkit config (written by an older samkit or edited); "
@@ -636,7 +640,9 @@ def _verify_config(exp: Experiment, meta: Mapping[str, Any], path: Path) -> None
     try:
         derived = exp.config(meta["preset"], meta.get("overrides", []))
     except ConfigError as err:
-        raise TamperedConfigError(f"{str(path)!r}: its preset and overrides give no valid config ({err}); {rerun}") from None
+        raise TamperedConfigError(
+            f"{str(path)!r}: its preset and overrides give no valid config ({err}); {rerun}"
+        ) from None
     derived = json.loads(json.dumps(_jsonable(derived)))
     if derived != meta["config"] or stable_hash(derived) != meta.get("config_hash"):
         keys = sorted(k for k in set(derived) | set(meta["config"]) if derived.get(k) != meta["config"].get(k))

@@ -107,8 +107,7 @@ def stable_range(a: ModelAnalysis, config: Mapping[str, Any], why: Sequence[str]
         1,
         statement="SAM is robust to ρ: it keeps training at ρ where USAM already fails — its stable range in ρ "
         "reaches further than USAM's.",
-        prediction=f"SAM's largest ρ of its stable range − USAM's ≥ {need:g} grid step(s) ({need * step:.2g} "
-        "decades)",
+        prediction=f"SAM's largest ρ of its stable range − USAM's ≥ {need:g} grid step(s) ({need * step:.2g} decades)",
         measured=f"grid steps (SAM − USAM): {iv.text() if iv else 'none'}; per seed {a.seeds}: {per}",
         tolerance="stable range = the grid ρ up to the first failure on that seed; " + _trains_rule(config),
         verdict=judge(iv, ">=", need) if iv else "FAIL",

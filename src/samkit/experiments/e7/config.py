@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from samkit.data import DATASETS
-from samkit.experiments.base import ConfigError, Param, fmt
 from samkit.experiments._common import grid_keys, logspace
+from samkit.experiments.base import ConfigError, Param, fmt
 from samkit.models import MODELS
 from samkit.train import SCHEDULES
 

@@ -51,7 +51,9 @@ def _usam_top(a: ModelAnalysis) -> Point | None:
     return max(t, key=lambda p: p.rho) if t else None
 
 
-def figures(config: Mapping[str, Any], an: Mapping[str, ModelAnalysis], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:  # noqa: E501
+def figures(
+    config: Mapping[str, Any], an: Mapping[str, ModelAnalysis], data: Mapping[str, Table], fig_dir: Path
+) -> list[Figure]:  # noqa: E501
     """Accuracy against ρ, the realised perturbation, ‖g‖ and ‖ε‖ over training, sharpness at matched loss, the
     Hessian spectrum and the learning-rate sweep."""
     models = list(config["models"])
@@ -144,7 +146,10 @@ def _windows_text(an: Mapping[str, ModelAnalysis], wp: float) -> str:
 
 
 def _rmax_text(an: Mapping[str, ModelAnalysis]) -> str:
-    return "; ".join(f"{model}: r_max SAM {fmt(a.r_max('sam'))}, USAM {fmt(a.r_max('usam'))}" for model, a in an.items()) + "."  # noqa: E501
+    return (
+        "; ".join(f"{model}: r_max SAM {fmt(a.r_max('sam'))}, USAM {fmt(a.r_max('usam'))}" for model, a in an.items())
+        + "."
+    )  # noqa: E501
 
 
 def _dyn_text(an: Mapping[str, ModelAnalysis]) -> str:
@@ -176,7 +181,9 @@ def _lr_text(config: Mapping[str, Any], data: Mapping[str, Table]) -> str:
                     continue
                 div = s.col("diverged").astype(bool)
                 acc = 100.0 * s.col("test_acc")
-                bits.append(f"lr {lr:g}: " + (f"{int(div.sum())}/{len(s)} diverged" if div.any() else f"{np.mean(acc):.1f}%"))
+                bits.append(
+                    f"lr {lr:g}: " + (f"{int(div.sum())}/{len(s)} diverged" if div.any() else f"{np.mean(acc):.1f}%")
+                )
             parts.append(f"{model} {m.upper()}: " + ", ".join(bits))
     return "; ".join(parts) + "."
 
@@ -202,7 +209,9 @@ def _fig_accuracy(an: Mapping[str, ModelAnalysis], config: Mapping[str, Any], fi
                 ax.scatter(rho[div], mean[div], marker="x", s=80, color=st["color"], zorder=5)
         if a.seeds:
             ax.axhline(a.sgd_acc, color=METHOD_STYLE["gd"]["color"], lw=1.2, label=f"SGD ({a.sgd_acc:.1f}%)")
-            ax.axhline(a.sgd_acc - drop, color=METHOD_STYLE["gd"]["color"], lw=1, ls=":", label=f"SGD − {drop:g} points")
+            ax.axhline(
+                a.sgd_acc - drop, color=METHOD_STYLE["gd"]["color"], lw=1, ls=":", label=f"SGD − {drop:g} points"
+            )
         _accuracy_axes(
             ax,
             "a seed diverged" if any_div else "",
@@ -259,7 +268,9 @@ def _fig_perturbation(an: Mapping[str, ModelAnalysis], fig_dir: Path) -> str:
     return save_figure(fig, fig_dir / "perturbation.png")
 
 
-def _fig_norms(an: Mapping[str, ModelAnalysis], config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> str:  # noqa: E501
+def _fig_norms(
+    an: Mapping[str, ModelAnalysis], config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path
+) -> str:  # noqa: E501
     curves = curves_by_run(data["curves"])
     lr, seed0 = float(config["lr"]), int(config["seeds"][0])
     fig, axes = new_figure(2, len(an), width=5.0, height=3.8)
@@ -282,7 +293,9 @@ def _fig_norms(an: Mapping[str, ModelAnalysis], config: Mapping[str, Any], data:
                 right.plot(c["epoch"], c["eps_norm"], color=color, lw=1.2, label=f"USAM ρ = {a.grid[k]:.2g}")
         c = curves.get((model, "sam", lr, rho_u, seed0)) if rho_u is not None else None
         if c is not None:
-            right.plot(c["epoch"], c["eps_norm"], color=METHOD_STYLE["sam"]["color"], ls="--", label=f"SAM ρ = {rho_u:.2g}")
+            right.plot(
+                c["epoch"], c["eps_norm"], color=METHOD_STYLE["sam"]["color"], ls="--", label=f"SAM ρ = {rho_u:.2g}"
+            )
         e = float(config["epochs"])
         for ax in (left, right):
             if config["schedule"] == "decay":
@@ -309,7 +322,9 @@ def _fig_sharpness(an: Mapping[str, ModelAnalysis], config: Mapping[str, Any], f
             color = METHOD_STYLE[m]["color"]
             ax.scatter(x, y, color=color, s=28, label=method_label(m))
             for xi, yi, p in zip(x, y, pts):
-                ax.annotate(f"{p.rho:.2g}", (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7, color=color)
+                ax.annotate(
+                    f"{p.rho:.2g}", (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7, color=color
+                )
             drawn = True
         if drawn:
             ax.axvline(float(config["loss_match"]), color="k", ls=":", lw=1, label="matched-loss limit")
@@ -336,7 +351,9 @@ def _spectrum_text(data: Mapping[str, Table]) -> str:
         for m in ("sgd", *METHODS):
             r = t.where(model=model, method=m)
             if len(r):
-                parts.append(f"{model} {method_label(m) if m != 'sgd' else 'SGD'}: largest node {float(np.max(r.col('node'))):.3g}")
+                parts.append(
+                    f"{model} {method_label(m) if m != 'sgd' else 'SGD'}: largest node {float(np.max(r.col('node'))):.3g}"
+                )
     return "; ".join(parts) + "."
 
 
@@ -364,7 +381,14 @@ def _fig_spectrum(config: Mapping[str, Any], data: Mapping[str, Table], fig_dir:
                 rho = float(r.first("rho"))
                 label = "SGD" if m == "sgd" else f"{method_label(m)}, ρ = {rho:.2g}"
                 style = METHOD_STYLE["gd" if m == "sgd" else m]
-                ax.plot(grid, np.maximum(dens, 1e-8), color=style["color"], lw=1.3, label=label, ls="--" if m == "sgd" else "-")
+                ax.plot(
+                    grid,
+                    np.maximum(dens, 1e-8),
+                    color=style["color"],
+                    lw=1.3,
+                    label=label,
+                    ls="--" if m == "sgd" else "-",
+                )
             ax.set_yscale("log")
             ax.set_ylim(1e-6, None)
             ax.legend(fontsize=7)
