@@ -41,7 +41,7 @@ def test_summary_first_then_problems_fails_and_not_exercised_one_line_each(tmp_p
     assert "did not run:</b> the moon is not in /nonexistent/moon (set MOON_DIR)." in page
     assert "Judged &lt;toy&gt;" in page and "<toy>" not in page  # escaped
     claims = json.loads((tmp_path / "claims.json").read_text())
-    assert claims["verdicts"] == {"FAIL": 1, "NOT EXERCISED": 1, "PASS": 1} and not claims["all_pass"]
+    assert claims["verdicts"] == {"FAIL": 1, "INCONCLUSIVE": 0, "NOT EXERCISED": 1, "PASS": 1} and not claims["all_pass"]
     assert [(p["experiment"], p["kind"]) for p in claims["not_run"]] == [("ABSENT", "missing")]
     md = (tmp_path / "README.md").read_text()
     lines = [line for line in md.splitlines() if line.startswith("- **")]
@@ -113,16 +113,19 @@ def test_a_failed_rerun_keeps_the_previous_results_marked(tmp_path, capsys):
     assert claims["not_run"][0]["previous"] and not claims["all_pass"]
 
 
-def test_report_of_an_experiment_this_samkit_does_not_know(tmp_path, capsys):
+def test_report_refuses_an_experiment_this_samkit_does_not_know(tmp_path, capsys):
     assert _run(tmp_path, "JUDGED") == 0
     from samkit.experiments import _REGISTRY
 
     _REGISTRY.pop("JUDGED")
     capsys.readouterr()
-    assert main(["report", str(tmp_path)]) == 0  # before: unknown experiment, no report at all (exit 2)
+    # its config cannot be re-derived from (preset, overrides), so its verdicts cannot be trusted: the folder is
+    # refused (exit 3) with one line naming the file, and the report says why instead of showing them
+    assert main(["report", str(tmp_path)]) == 3
     err = capsys.readouterr().err
-    assert err.startswith("samkit: warning: JUDGED not redrawn") and err.count("\n") == 1
-    assert "id='JUDGED-J.1'" in (tmp_path / "index.html").read_text()
+    assert "samkit: warning: JUDGED not redrawn" in err and "which this samkit does not know" in err
+    page = (tmp_path / "index.html").read_text()
+    assert "id='JUDGED-J.1'" not in page and "does not know" in page
 
 
 def test_report_of_a_folder_where_nothing_ran(tmp_path, capsys):

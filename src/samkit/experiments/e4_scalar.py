@@ -203,6 +203,7 @@ class ScalarFactorizationExp(Experiment):
         b = results["boundary-usam"]
         boundary = [
             {
+                "method": "usam",
                 "eta": e,
                 "rho_lo": lo,
                 "rho_hi": hi,
@@ -288,15 +289,15 @@ class ScalarFactorizationExp(Experiment):
         _, _, monotone = self._boundary(reg.where(method="usam"))
         bound = bound.where(method="usam")
         etas, rstar = bound.col("eta"), bound.col("rho_star")
-        ok = np.isfinite(rstar) if len(bound) else np.array([False])
+        ok = np.isfinite(rstar)
         ratio = rstar / theory.scalar_factorization_usam_boundary(torch.as_tensor(etas)).numpy()
-        slope = self._slope(etas[ok], rstar[ok]) if ok.all() else None
+        slope = self._slope(etas[ok], rstar[ok]) if len(ok) and ok.all() else None
         if slope is None:
             verdict = "FAIL"
         else:
             sides = [judge(slope, ">=", 0.85), judge(slope, "<=", 1.15)]
             verdict = "FAIL" if "FAIL" in sides else "PASS" if sides == ["PASS", "PASS"] else INCONCLUSIVE
-        if not (ok.all() and monotone and (ratio >= 0.5).all() and (ratio <= 2).all()):
+        if not (len(ok) and ok.all() and monotone and (ratio >= 0.5).all() and (ratio <= 2).all()):
             verdict = "FAIL"
         measured = (
             "ρ*/η = "
@@ -308,7 +309,9 @@ class ScalarFactorizationExp(Experiment):
             )
             + f"; divergence monotone in ρ on the grid: {monotone}"
         )
-        if not ok.all():
+        if not len(ok):
+            measured += "; no USAM boundary run"
+        elif not ok.all():
             measured += (
                 f"; the bracket [{fmt(config['bisect_rho_min'])}, {fmt(config['bisect_rho_max'])}] holds no boundary at η = "
                 + ", ".join(fmt(e) for e in etas[~ok])

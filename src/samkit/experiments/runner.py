@@ -201,44 +201,48 @@ def _module_file(name: str) -> Path | None:
     return Path(spec.origin)
 
 
-def code_fingerprint(exp: Experiment) -> str:
-    """A hash of the source code that computes ``exp``'s units.
-
-    The file that defines the experiment's ``run_unit`` (its class's module, or the module a package experiment
-    takes ``run_unit`` from, e.g. :mod:`samkit.experiments.e7.runs`: then editing its claims or figures keeps the
-    cache) and, transitively, every ``samkit`` module it imports (found by
-    reading the import statements), except the modules that only orchestrate or present (:data:`_NOT_COMPUTING`).
-    Computed once per experiment class and process.
-    """
+def _fingerprint_files(exp: Experiment) -> list[Path]:
+    """The source files whose code computes ``exp``'s units (see :func:`code_fingerprint`), in a stable order."""
     cls = type(exp)
-    ident = f"{cls.__module__}.{cls.__qualname__}"
-    if ident in _FINGERPRINTS:
-        return _FINGERPRINTS[ident]
     # the module that defines run_unit (the class's own, unless the class takes run_unit from a module of its own)
     run_unit = getattr(cls.run_unit, "__func__", cls.run_unit)
     module = getattr(run_unit, "__module__", None) or cls.__module__
     if module == "samkit.experiments.base":
         module = cls.__module__
-    first = Path(inspect.getfile(sys.modules[module]))
-    todo: list[tuple[str | None, Path]] = [(module, first)]
-    seen_files: set[Path] = set()
+    todo: list[tuple[str | None, Path]] = [(module, Path(inspect.getfile(sys.modules[module])))]
     seen_mods: set[str] = set()
-    digest = hashlib.sha256()
+    out: list[Path] = []
     while todo:
         mod, path = todo.pop()
-        if path in seen_files:
+        if path in out:
             continue
-        seen_files.add(path)
-        source = path.read_bytes()
-        digest.update(str(mod).encode() + b"\0" + hashlib.sha256(source).digest())
-        for dep in sorted(_samkit_imports(ast.parse(source), mod)):
+        out.append(path)
+        for dep in sorted(_samkit_imports(ast.parse(path.read_bytes()), mod)):
             if dep in seen_mods or dep in _NOT_COMPUTING:
                 continue
             seen_mods.add(dep)
             f = _module_file(dep)
             if f is not None:
                 todo.append((dep, f))
-    _FINGERPRINTS[ident] = digest.hexdigest()[:16]
+    return out
+
+
+def code_fingerprint(exp: Experiment) -> str:
+    """A hash of the source code that computes ``exp``'s units.
+
+    The file that defines the experiment's ``run_unit`` (its class's module, or the module a package experiment
+    takes ``run_unit`` from, e.g. :mod:`samkit.experiments.e7.runs`: then editing its claims or figures keeps the
+    cache) and, transitively, every ``samkit`` module it imports (found by reading the import statements), except
+    the modules that only orchestrate or present (:data:`_NOT_COMPUTING`). Computed once per experiment class and
+    process.
+    """
+    cls = type(exp)
+    ident = f"{cls.__module__}.{cls.__qualname__}"
+    if ident not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for path in _fingerprint_files(exp):
+            digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        _FINGERPRINTS[ident] = digest.hexdigest()[:16]
     return _FINGERPRINTS[ident]
 
 

@@ -48,7 +48,8 @@ Presets: ``quick`` is the MLP (784-256-256-10) on 1 000 images, batch 100, 100 e
 BatchNorm) and ResNet-20 (BatchNorm) — on 5 000 images for 220 epochs (the last 22 decaying): one verdict per
 architecture. Prototypes of small CNNs *reversed* the claim (SAM collapsed at ρ ≥ 1 while USAM, whose ‖g‖
 shrinks, kept training): the full preset reports per architecture what holds. ``tiny`` (tests) is the MLP on 150
-images, batch 50, 60 epochs, seeds {0, 1, 2}, ρ ∈ {0.01, 0.1, 1, 10}: the same mechanism in seconds.
+images, batch 50, 60 epochs, seeds {0, 1, 2}, ρ ∈ 10^{−2, −1.5, …, 1}: the same mechanism in seconds (where it is too
+weak to decide E7.1–E7.3: both methods train up to ρ ≈ 0.1–0.3 on some seeds, so those come out INCONCLUSIVE).
 The design, the calibration and the numbers measured are in ``docs/e7-notes.md``. Every run is one cached work
 unit (its cache key covers :mod:`samkit.experiments.e7.runs`, not the analysis), so an interrupted sweep resumes.
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` or ``$SAMKIT_DATA_DIR``.
