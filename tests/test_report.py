@@ -41,7 +41,9 @@ def test_summary_first_then_problems_fails_and_not_exercised_one_line_each(tmp_p
     assert "did not run:</b> the moon is not in /nonexistent/moon (set MOON_DIR)." in page
     assert "Judged &lt;toy&gt;" in page and "<toy>" not in page  # escaped
     claims = json.loads((tmp_path / "claims.json").read_text())
-    assert claims["verdicts"] == {"FAIL": 1, "INCONCLUSIVE": 0, "NOT EXERCISED": 1, "PASS": 1} and not claims["all_pass"]
+    assert (
+        claims["verdicts"] == {"FAIL": 1, "INCONCLUSIVE": 0, "NOT EXERCISED": 1, "PASS": 1} and not claims["all_pass"]
+    )
     assert [(p["experiment"], p["kind"]) for p in claims["not_run"]] == [("ABSENT", "missing")]
     md = (tmp_path / "README.md").read_text()
     lines = [line for line in md.splitlines() if line.startswith("- **")]
