@@ -19,23 +19,23 @@ CLAIMS = ["E7.0-mlp", "E7.1-mlp", "E7.2-mlp", "E7.3-mlp", "E7.4-mlp"]
 
 
 # -- presets and validation -----------------------------------------------------------------------------------------
-def test_quick_is_the_mlp_near_interpolation_on_ten_paired_seeds():
+def test_quick_is_the_mlp_near_interpolation_on_fourteen_paired_seeds():
     e7 = get("E7")
     quick, full = e7.config("quick"), e7.config("full")
     assert quick["models"] == ["mlp"] and quick["subset"] == 1000 and quick["test_subset"] == 10000
     assert (quick["batch_size"], quick["epochs"], quick["lr"], quick["momentum"], quick["weight_decay"]) == (
         100, 100, 0.3, 0.0, 0.0)  # fmt: skip
-    assert quick["schedule"] == "decay" and quick["decay_frac"] == 0.1 and quick["seeds"] == list(range(10))
-    for cfg, step in ((quick, 0.5), (full, 0.25)):
+    assert quick["schedule"] == "decay" and quick["decay_frac"] == 0.1 and quick["seeds"] == list(range(14))
+    for cfg, lo, step in ((quick, -2, 0.5), (full, -3, 0.25)):
         rhos = sorted({u.params["rho"] for u in e7.units(cfg) if u.params["optimizer"] == "sam"})
-        assert np.allclose(np.log10(rhos), np.arange(-3, 0.5 + 1e-9, step), atol=1e-5)
+        assert np.allclose(np.log10(rhos), np.arange(lo, 0.5 + 1e-9, step), atol=1e-5)
     assert full["models"] == ["mlp", "cnn", "resnet20"] and len(full["seeds"]) == 10
     # SGD, SAM and USAM on every seed (paired), and the lr sweep {0.1, 0.6} at ρ = 0.1 (0.3 is on the grid)
     units = e7.units(quick)
-    assert len(units) == 10 + 2 * 8 * 10 + 2 * 3 and len({u.key for u in units}) == len(units)
+    assert len(units) == 14 + 2 * 6 * 14 + 2 * 3 and len({u.key for u in units}) == len(units)
     for m in ("sgd", "sam", "usam"):
         assert {u.params["seed"] for u in units if u.params["optimizer"] == m and u.params["lr"] == 0.3} == set(
-            range(10)
+            range(14)
         )
     sweep = {(u.params["optimizer"], u.params["lr"]) for u in units if u.params["lr"] != 0.3}
     assert sweep == {(m, lr) for m in ("sgd", "sam", "usam") for lr in (0.1, 0.6)}
@@ -55,7 +55,7 @@ def test_every_grid_run_carries_its_index_so_no_claim_matches_rho_values():
             assert u.params["rho"] == cfg["lr_sweep_rho"] not in grid
         else:
             assert grid[k] == u.params["rho"]
-    assert grid[-1] == 2.00001 and sum(u.params["rho_index"] == len(grid) - 1 for u in e7.units(cfg)) == 20
+    assert grid[-1] == 2.00001 and sum(u.params["rho_index"] == len(grid) - 1 for u in e7.units(cfg)) == 28
 
 
 def test_runs_train_on_the_cpu_unless_told_and_the_device_is_part_of_each_units_cache_key():
