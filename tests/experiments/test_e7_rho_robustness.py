@@ -4,8 +4,6 @@ a straddling flatness interval."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 

@@ -30,7 +30,7 @@ from samkit.experiments import Claim, Experiment, Figure, Param, Table, Unit, fm
 from samkit.experiments._common import BLOWUP, SEED, grid_keys, logspace, mesh, tolist
 from samkit.experiments.base import make_claim
 from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
-from samkit.experiments.stats import INCONCLUSIVE, SeedInterval, judge, t_quantile
+from samkit.experiments.stats import SeedInterval, all_of, judge, t_quantile
 
 #: Distances below this are drawn at this value (they reach ~1e-80 numerically).
 FLOOR = 1e-16
@@ -295,8 +295,7 @@ class ScalarFactorizationExp(Experiment):
         if slope is None:
             verdict = "FAIL"
         else:
-            sides = [judge(slope, ">=", 0.85), judge(slope, "<=", 1.15)]
-            verdict = "FAIL" if "FAIL" in sides else "PASS" if sides == ["PASS", "PASS"] else INCONCLUSIVE
+            verdict = all_of(judge(slope, ">=", 0.85), judge(slope, "<=", 1.15))
         if not (len(ok) and ok.all() and monotone and (ratio >= 0.5).all() and (ratio <= 2).all()):
             verdict = "FAIL"
         measured = (

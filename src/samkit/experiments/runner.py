@@ -164,6 +164,7 @@ _NOT_COMPUTING = frozenset(
         "samkit.experiments.runner",
         "samkit.experiments.executors",
         "samkit.experiments.plotting",
+        "samkit.experiments.stats",
         "samkit.report",
         "samkit.cli",
         "samkit._io",

@@ -28,7 +28,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LEVEL", "INCONCLUSIVE", "SIDES", "SeedInterval", "seed_interval", "judge", "t_quantile", "t_cdf"]
+__all__ = [
+    "LEVEL",
+    "INCONCLUSIVE",
+    "SIDES",
+    "SeedInterval",
+    "seed_interval",
+    "judge",
+    "all_of",
+    "t_quantile",
+    "t_cdf",
+]
 
 #: The confidence level of every seed interval (two-sided).
 LEVEL = 0.90
@@ -211,3 +221,14 @@ def judge(interval: SeedInterval, side: str, threshold: float) -> str:
     if not lo_ok and not hi_ok:
         return "FAIL"
     return INCONCLUSIVE
+
+
+def all_of(*verdicts: str) -> str:
+    """The verdict of a claim made of parts: PASS when every part PASSes, FAIL when one FAILs, else INCONCLUSIVE.
+
+    >>> all_of("PASS", "PASS"), all_of("PASS", "INCONCLUSIVE"), all_of("INCONCLUSIVE", "FAIL")
+    ('PASS', 'INCONCLUSIVE', 'FAIL')
+    """
+    if "FAIL" in verdicts or not verdicts:
+        return "FAIL"
+    return "PASS" if all(v == "PASS" for v in verdicts) else INCONCLUSIVE

@@ -15,7 +15,7 @@ from typing import Any
 from samkit.experiments.base import Claim, fmt, make_claim
 from samkit.experiments.e7.analysis import ModelAnalysis
 from samkit.experiments.e7.config import METHODS, setting
-from samkit.experiments.stats import INCONCLUSIVE, SeedInterval, judge, seed_interval
+from samkit.experiments.stats import SeedInterval, all_of, judge, seed_interval
 
 _DATA = ["data/runs.csv", "data/curves.csv"]
 
@@ -24,13 +24,6 @@ def _interval(values: Mapping[int, float]) -> SeedInterval | None:
     """The interval over the seeds with a finite value (None when there is none)."""
     finite = {s: v for s, v in values.items() if math.isfinite(v)}
     return seed_interval(finite) if finite else None
-
-
-def _both(*verdicts: str) -> str:
-    """PASS when every part PASSes, FAIL when one FAILs, else INCONCLUSIVE."""
-    if "FAIL" in verdicts:
-        return "FAIL"
-    return "PASS" if all(v == "PASS" for v in verdicts) else INCONCLUSIVE
 
 
 def _trains_rule(config: Mapping[str, Any]) -> str:
@@ -165,7 +158,7 @@ def flatness(a: ModelAnalysis, config: Mapping[str, Any], why: Sequence[str]) ->
         f"which the method trains to a loss ≤ {match:g} × SGD's with its perturbation at work (last-epoch ‖ε‖ ≥ "
         f"{work:g} × lr × ‖g‖, i.e. not below one SGD step), or, where it never is, over every ρ at which it trains "
         f"to a matched loss; both parts must PASS; " + _trains_rule(config),
-        verdict=_both(*verdicts),
+        verdict=all_of(*verdicts),
         why=list(why),
         figure="sharpness.png",
         values={f"lam_ratio_{m}": iv.to_dict() if iv else None for m, iv in ivs.items()},

@@ -161,7 +161,7 @@ SCHEMA = {
     "loss_match": Param(float, "E7.3: matched training loss = at most this × SGD's (same seed)", min=1),
     "eps_at_work": Param(
         float,
-        "E7.3: SAM's late perturbation is at work when its last-epoch mean ‖ε‖ ≥ this × lr × its last-epoch "
+        "E7.3: a run's late perturbation is at work when its last-epoch mean ‖ε‖ ≥ this × lr × its last-epoch "
         "mean ‖g‖ (1 = one SGD step)",
         min=0,
         strict=True,

@@ -15,7 +15,7 @@ from typing import Any
 from samkit.experiments.base import Claim, fmt, make_claim
 from samkit.experiments.e8.analysis import Analysis
 from samkit.experiments.e8.config import setting, stability_edge
-from samkit.experiments.stats import INCONCLUSIVE, judge, seed_interval
+from samkit.experiments.stats import all_of, judge, seed_interval
 
 _DATA = ["data/curves.csv", "data/runs.csv"]
 _RULE = "90% t-interval over seeds of the per-seed worst run: PASS if it lies wholly within, FAIL if wholly outside"
@@ -76,20 +76,29 @@ def gd_control(a: Analysis, config: Mapping[str, Any]) -> Claim:
     )
 
 
+def _judged(a: Analysis, method: str, config: Mapping[str, Any]) -> tuple[list[int], list[str], dict, list[str], str]:
+    """Of ``method``'s runs: the seeds on which GD reached its edge, why nothing can be judged (if so), those seeds'
+    runs, the ones among them that diverged or never settled, and the seeds left out (as text)."""
+    runs = a.runs(method)
+    seeds = a.judged_seeds(method)
+    why = [] if seeds else ["GD reached its edge on no seed (runs too short?)" if runs else f"no {method.upper()} run"]
+    judged = {k: s for k, s in runs.items() if k[3] in seeds}
+    left_out = [s for s in a.seeds if s not in seeds and a.runs(method, s)]
+    note = f"; seeds {left_out} left out (GD did not reach its edge there)" if left_out else ""
+    return seeds, why, judged, _broken(judged, config), note
+
+
 def usam_edge(a: Analysis, config: Mapping[str, Any]) -> Claim:
     """E8.2: USAM's sharpness hovers at Theorem 1's λ*, well below GD's edge."""
     tol, frac = float(config["plateau_tol"]), float(config["max_edge_fraction"])
     usam = a.runs("usam")
-    seeds = a.judged_seeds("usam")
-    why = [] if seeds else ["GD reached its edge on no seed (runs too short?)" if usam else "no USAM run"]
+    seeds, why, judged, broken, left_out = _judged(a, "usam", config)
     low = [
         f"USAM (η={k[1]:g}, ρ={k[2]:g}, seed {k[3]}) starts at λ0 = {fmt(s['lam0'])}, not below (1 − {tol:g}) λ*"
         for k, s in sorted(usam.items())
         if not s["lam0"] < (1.0 - tol) * s["edge"]
     ]
     why += low  # no approach from below: "hovering at λ*" could be a run that never moved
-    judged = {k: s for k, s in usam.items() if k[3] in seeds}
-    broken = _broken(judged, config)
     iv = seed_interval(_worst(a, "usam", seeds, "ratio")) if seeds and not broken else None
     preds = "; ".join(f"η={e:g} ρ={r:g}: {stability_edge(e, r):.3g}" for e, r in sorted({k[1:3] for k in usam}))
     measured = "plateau/λ*: " + (_list(judged, "ratio") or "none")
@@ -98,9 +107,7 @@ def usam_edge(a: Analysis, config: Mapping[str, Any]) -> Claim:
     measured += "; plateau/(2/η): " + (_list(judged, "gd_fraction") or "none")
     if broken:
         measured += "; " + "; ".join(broken)
-    left_out = [s for s in a.seeds if s not in seeds and a.runs("usam", s)]
-    if left_out:
-        measured += f"; seeds {left_out} left out (GD did not reach its edge there)"
+    measured += left_out
     return _claim(
         config,
         id="E8.2",
@@ -119,23 +126,19 @@ def usam_edge(a: Analysis, config: Mapping[str, Any]) -> Claim:
 def sam_edge(a: Analysis, config: Mapping[str, Any]) -> Claim:
     """E8.3: SAM's sharpness stays well below 2/η, at its ‖g_t‖-dependent edge."""
     sfrac, stol = float(config["sam_max_fraction"]), float(config["sam_edge_tol"])
-    sam = a.runs("sam")
-    seeds = a.judged_seeds("sam")
-    why = [] if seeds else ["GD reached its edge on no seed (runs too short?)" if sam else "no SAM run"]
-    judged = {k: s for k, s in sam.items() if k[3] in seeds}
-    broken = _broken(judged, config)
+    seeds, why, judged, broken, left_out = _judged(a, "sam", config)
     edge = frac = None
     if seeds and not broken:
         edge = seed_interval(_worst(a, "sam", seeds, "sam_edge_ratio"))
         frac = seed_interval({s: max(v["gd_fraction"] for v in a.runs("sam", s).values()) for s in seeds})
-    verdicts = [judge(edge, "<=", stol), judge(frac, "<=", sfrac)] if edge and frac else ["FAIL"]
-    verdict = "FAIL" if "FAIL" in verdicts else "PASS" if set(verdicts) == {"PASS"} else INCONCLUSIVE
+    verdict = all_of(judge(edge, "<=", stol), judge(frac, "<=", sfrac)) if edge and frac else "FAIL"
     measured = "plateau/(2/η): " + (_list(judged, "gd_fraction") or "none") + "; mean λ_t/edge_t: "
     measured += _list(judged, "sam_edge_ratio") or "none"
     if edge and frac:
         measured += f"; worst |mean λ_t/edge_t − 1| per seed: {edge.text()}; largest plateau/(2/η): {frac.text()}"
     if broken:
         measured += "; " + "; ".join(broken)
+    measured += left_out
     return _claim(
         config,
         id="E8.3",
