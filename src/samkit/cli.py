@@ -16,9 +16,9 @@ interrupted run resumes. Units run on ``--jobs`` local processes (default: every
 (``--executor ray``); the numbers do not depend on where they run.
 
 Exit codes (every command; ``samkit --help`` lists them too): 0 success (every claim PASSes); 1 a claim did not
-pass (FAIL or NOT EXERCISED); 2 bad usage or configuration (unknown experiment or key, a value out of range, an
+pass (FAIL, INCONCLUSIVE or NOT EXERCISED); 2 bad usage or configuration (unknown experiment or key, a value out of range, an
 unwritable folder, a bad training flag, a checkpoint or data file that cannot be trusted); 3 a runtime failure (a
-unit raised, an experiment could not run, damaged result files, a file could not be written); 130 interrupted
+unit raised, an experiment could not run, damaged or edited result files, a file could not be written); 130 interrupted
 (rerun to resume). ``train`` exits with 0 when the run completed or diverged (divergence is a result). Every error
 is one line on stderr, ``samkit: error: ...`` (``samkit train: error: ...`` for ``train``); ``SAMKIT_TRACEBACK=1``
 shows the traceback instead.
@@ -85,10 +85,10 @@ class _EpilogFormatter(argparse.RawDescriptionHelpFormatter, _Formatter):
 
 _EXIT_CODES = """exit codes (every command):
   0    success: every claim PASSes (train: the run completed, or diverged: divergence is a result)
-  1    a claim did not pass (FAIL or NOT EXERCISED)
+  1    a claim did not pass (FAIL, INCONCLUSIVE or NOT EXERCISED)
   2    bad usage or configuration: unknown experiment or key, a value out of range, an unwritable
        folder, a bad training flag, a checkpoint or data file that cannot be trusted (one line on stderr)
-  3    a runtime failure: a unit raised, an experiment could not run, damaged result files, a file
+  3    a runtime failure: a unit raised, an experiment could not run, damaged or edited result files, a file
        could not be written (one line on stderr)
   130  interrupted: rerun the same command to resume"""
 

@@ -141,10 +141,12 @@ def flatness(a: ModelAnalysis, config: Mapping[str, Any], why: Sequence[str]) ->
         ivs[m] = _interval(_per_seed(a, lambda s, m=m: a.flatness(m, s, match, work)))
         used = {s: a.flat_points(m, s, match, work) for s in a.seeds}
         at_work = sum(1 for ks, w in used.values() if w and ks)
+        none = [s for s, (ks, _) in used.items() if not ks]
         verdicts.append(judge(ivs[m], side, flat) if ivs[m] else "FAIL")
         parts.append(
             f"{m.upper()} λ/λ_SGD {ivs[m].text() if ivs[m] else 'none (no run trains to a matched loss)'}; "
             f"perturbation at work on {at_work}/{len(a.seeds)} seeds"
+            + (f"; no run trains to a matched loss on seeds {none}" if none and ivs[m] else "")
         )
     return _claim(
         a,

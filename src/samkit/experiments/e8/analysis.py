@@ -80,5 +80,11 @@ class Analysis:
 
 
 def analyse(config: Mapping[str, Any], data: Mapping[str, Table]) -> Analysis:
-    """:func:`run_stats` of every run, with the config's seeds and tolerance."""
-    return Analysis(run_stats(config, data), list(config["seeds"]), float(config["plateau_tol"]))
+    """:func:`run_stats` of every run, with the config's seeds and tolerance; each USAM and SAM run also gets
+    ``paired``: its plateau/edge divided by GD's plateau/(2/η) at the same η and seed (NaN without that GD run) —
+    edge-of-stability runs hover slightly above their edge, by the same factor for GD and USAM on one seed."""
+    stats = run_stats(config, data)
+    for (m, eta, _, seed), st in stats.items():
+        gd = [g for (gm, ge, _, gs), g in stats.items() if gm == "gd" and math.isclose(ge, eta) and gs == seed]
+        st["paired"] = st["ratio"] / gd[0]["ratio"] if m != "gd" and gd else float("nan")
+    return Analysis(stats, list(config["seeds"]), float(config["plateau_tol"]))

@@ -69,9 +69,9 @@ PRESETS = {
         sam_rhos=[0.01],
         eig_every=40,
         lambda_init_bound=25.0,
-        seeds=[0, 1, 2],
+        seeds=[0, 1, 2, 3, 4],
     ),
-    "quick": preset(eig_every=100, seeds=[0, 1, 2]),
+    "quick": preset(eig_every=100, seeds=[0, 1, 2, 3, 4]),
     "full": preset(
         etas=[0.02, 0.03],
         steps=[4000, 3000],
@@ -79,7 +79,7 @@ PRESETS = {
         usam_rhos=[0.005, 0.01, 0.02, 0.005, 0.01],
         sam_etas=[0.02],
         sam_rhos=[0.01],
-        seeds=[0, 1, 2],
+        seeds=[0, 1, 2, 3, 4],
     ),
 }
 
