@@ -105,3 +105,16 @@ def test_a_stale_result_json_is_rejudged_by_report(tmp_path):
     assert main(["report", str(tmp_path)]) == 1
     verdicts = [c["verdict"] for c in json.loads(res.read_text())["claims"]]
     assert verdicts == ["PASS", "FAIL", "PASS"]
+
+
+def test_run_experiment_refuses_a_config_its_preset_and_overrides_do_not_give(tmp_path):
+    from samkit.experiments import ConfigError, get
+    from samkit.experiments.runner import run_experiment
+
+    exp = get("JUDGED")
+    cfg = {**exp.config("tiny"), "fail": True}
+    with pytest.raises(ConfigError, match="pass the differences as overrides"):
+        run_experiment(exp, "tiny", tmp_path, progress=False, config=cfg)
+    assert not (tmp_path / "JUDGED").exists()
+    same = run_experiment(exp, "tiny", tmp_path, ["fail=true"], progress=False, config=cfg)
+    assert [c["verdict"] for c in same["claims"]] == ["PASS", "FAIL", "PASS"]

@@ -391,11 +391,18 @@ def run_experiment(
     """Run ``exp`` (resuming from cached units), write its tables, then :func:`finalize` it.
 
     ``on_unit(key, cached)`` is called after each unit (used by tests and progress reporting). ``executor`` says
-    where units run (default: this process). Raises :class:`UnitError` when a unit raised (after the other units
-    finished and were saved), and the prerequisite's error when one is missing.
+    where units run (default: this process). ``config``, when given, must be the config that ``preset`` with
+    ``overrides`` gives (every reader re-derives it from those: :func:`read_config`), else :class:`ConfigError`.
+    Raises :class:`UnitError` when a unit raised (after the other units finished and were saved), and the
+    prerequisite's error when one is missing.
     """
     overrides = list(overrides)
-    cfg = dict(config) if config is not None else exp.config(preset, overrides)
+    cfg = exp.config(preset, overrides)
+    if config is not None and stable_hash(dict(config)) != stable_hash(cfg):
+        raise ConfigError(
+            f"{exp.name}: the config given is not the one preset {preset!r} with overrides {overrides} gives; "
+            "pass the differences as overrides (results are checked against their preset and overrides)"
+        )
     results, failures = run_experiments(
         [(exp, preset, overrides, cfg)], out, executor, progress=progress, on_unit=on_unit
     )
