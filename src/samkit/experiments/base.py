@@ -25,7 +25,7 @@ import csv
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, get_args, get_origin
@@ -559,8 +559,22 @@ class Experiment:
         """What this experiment needs and cannot find (e.g. a dataset), or ``None`` when it can run.
 
         Checked for every experiment before the first unit of a run starts, so a missing prerequisite is reported
-        at once instead of stopping a long run half way.
+        at once instead of stopping a long run half way. :meth:`missing_if_fails` turns a loader into this.
         """
+        return None
+
+    @staticmethod
+    def missing_if_fails(load: Callable[[], Any]) -> str | None:
+        """``None`` when ``load()`` succeeds, else its :class:`ConfigError`'s message (for :meth:`missing`).
+
+        >>> def absent(): raise ConfigError("Fashion-MNIST not found")
+        >>> Experiment.missing_if_fails(absent), Experiment.missing_if_fails(lambda: 1)
+        ('Fashion-MNIST not found', None)
+        """
+        try:
+            load()
+        except ConfigError as err:
+            return str(err)
         return None
 
     def resources(self, params: Mapping[str, Any]) -> dict[str, float]:

@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from samkit.experiments import register
-from samkit.experiments.base import Claim, ConfigError, Experiment, Figure, Table, Unit
+from samkit.experiments.base import Claim, Experiment, Figure, Table, Unit
 from samkit.experiments.e7 import analysis, claims, config, figures, runs
 from samkit.experiments.e7.analysis import dynamic_range
 from samkit.experiments.e7.config import rho_grid
@@ -105,11 +105,7 @@ class RhoRobustness(Experiment):
 
     def missing(self, cfg: Mapping[str, Any]) -> str | None:
         """The dataset's problem (not installed, corrupt) before any unit starts, or ``None``."""
-        try:
-            runs.load_data(cfg["dataset"])
-        except ConfigError as err:
-            return str(err)
-        return None
+        return self.missing_if_fails(lambda: runs.load_data(cfg["dataset"]))
 
     def units(self, cfg: Mapping[str, Any]) -> list[Unit]:
         return runs.units(cfg)

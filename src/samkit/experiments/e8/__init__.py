@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from samkit.experiments import register
-from samkit.experiments.base import Claim, ConfigError, Experiment, Figure, Table, Unit
+from samkit.experiments.base import Claim, Experiment, Figure, Table, Unit
 from samkit.experiments.e8 import analysis, claims, config, figures, runs
 from samkit.experiments.e8.config import stability_edge
 
@@ -91,11 +91,7 @@ class EdgeOfStability(Experiment):
 
     def missing(self, cfg: Mapping[str, Any]) -> str | None:
         """The dataset's problem (not installed, corrupt) before any unit starts, or ``None``."""
-        try:
-            runs.load_data(cfg["dataset"], cfg["n_train"])
-        except ConfigError as err:
-            return str(err)
-        return None
+        return self.missing_if_fails(lambda: runs.load_data(cfg["dataset"], cfg["n_train"]))
 
     def units(self, cfg: Mapping[str, Any]) -> list[Unit]:
         return runs.units(cfg)
