@@ -30,7 +30,7 @@ from samkit.experiments import Claim, Experiment, Figure, Param, Table, Unit, fm
 from samkit.experiments._common import BLOWUP, SEED, grid_keys, logspace, mesh, tolist
 from samkit.experiments.base import make_claim
 from samkit.experiments.plotting import METHOD_STYLE, method_label, new_figure, save_figure
-from samkit.experiments.stats import SeedInterval, all_of, judge, t_quantile
+from samkit.experiments.stats import LEVEL, SeedInterval, all_of, judge, t_quantile
 
 #: Distances below this are drawn at this value (they reach ~1e-80 numerically).
 FLOOR = 1e-16
@@ -277,12 +277,18 @@ class ScalarFactorizationExp(Experiment):
         if len(etas) < 3:
             return None
         x, y = np.log(etas), np.log(rstar)
-        (slope, icpt), res = np.polyfit(x, y, 1), None
+        slope, icpt = np.polyfit(x, y, 1)
         res = y - (slope * x + icpt)
         se = float(np.sqrt(np.sum(res**2) / (len(x) - 2) / np.sum((x - x.mean()) ** 2)))
-        half = t_quantile(0.95, len(x) - 2) * se
-        return SeedInterval(tuple(float(v) for v in y), tuple(float(v) for v in etas), float(slope),
-                            float(slope) - half, float(slope) + half)  # fmt: skip
+        half = t_quantile(0.5 + LEVEL / 2, len(x) - 2) * se
+        return SeedInterval(
+            tuple(float(v) for v in y),
+            tuple(float(v) for v in etas),
+            float(slope),
+            float(slope) - half,
+            float(slope) + half,
+            method="least-squares slope of log ρ* on log η, student-t interval with n − 2 df (values: log ρ* per η)",
+        )
 
     def _usam_boundary_claim(self, config: Mapping[str, Any], bound: Table, reg: Table) -> Claim:
         """E4.2: USAM's divergence boundary, by bisection, is ρ*(η) ≈ η (ratio in [0.5, 2], slope 1 ± 0.15)."""

@@ -72,6 +72,7 @@ __all__ = [
     "finalize",
     "load_tables",
     "read_config",
+    "verify_config",
     "code_fingerprint",
     "folder_lock",
     "safe_name",
@@ -640,12 +641,13 @@ def read_config(exp_dir: Path, exp: Experiment | None = None) -> dict[str, Any]:
             f"rerun `samkit run {Path(exp_dir).name}`"
         )
     if exp is not None:
-        _verify_config(exp, meta, path)
+        verify_config(exp, meta, path)
     return meta
 
 
-def _verify_config(exp: Experiment, meta: Mapping[str, Any], path: Path) -> None:
-    """Raise :class:`TamperedConfigError` unless ``meta`` holds the config its preset and overrides give."""
+def verify_config(exp: Experiment, meta: Mapping[str, Any], path: Path) -> None:
+    """Raise :class:`TamperedConfigError` unless ``meta`` (the content of ``path``, a ``config.json`` read by
+    :func:`read_config`) holds the config its preset and overrides give through ``exp``'s schema."""
     rerun = f"rerun `samkit run {exp.name}` to recompute it"
     if meta["experiment"] != exp.name:
         raise TamperedConfigError(f"{str(path)!r} is the config of {meta['experiment']!r}, not of {exp.name}; {rerun}")

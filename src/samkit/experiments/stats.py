@@ -118,7 +118,8 @@ def t_quantile(p: float, df: float) -> float:
 
 @dataclass(frozen=True)
 class SeedInterval:
-    """A statistic measured once per seed, and the confidence interval for its mean over the seeds."""
+    """A statistic measured once per seed, and the confidence interval for its mean over the seeds (``method`` says
+    how the interval was made when it is another estimate's, e.g. a regression slope's)."""
 
     values: tuple[float, ...]
     seeds: tuple[Any, ...]
@@ -126,6 +127,7 @@ class SeedInterval:
     lo: float
     hi: float
     level: float = LEVEL
+    method: str = "student-t interval for the mean"
 
     @property
     def n(self) -> int:
@@ -155,7 +157,7 @@ class SeedInterval:
             "hi": self.hi,
             "level": self.level,
             "n": self.n,
-            "method": "student-t interval for the mean",
+            "method": self.method,
         }
 
 

@@ -26,7 +26,14 @@ from typing import Any
 from urllib.parse import quote
 
 from samkit.experiments.base import INCONCLUSIVE, NOT_EXERCISED, VERDICTS, ConfigError
-from samkit.experiments.runner import atomic_write_text, load_tables, read_config, read_json, write_json
+from samkit.experiments.runner import (
+    atomic_write_text,
+    load_tables,
+    read_config,
+    read_json,
+    verify_config,
+    write_json,
+)
 
 __all__ = ["collect", "collect_results", "write_report", "summary", "verdict_counts", "VERDICTS"]  # VERDICTS from base
 
@@ -63,7 +70,8 @@ def _inspect(exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | Non
                     f"{str(exp_dir / 'config.json')!r} is the config of experiment {meta['experiment']!r}, not of "
                     f"{name!r}; rerun `samkit run {name}`"
                 )
-            read_config(exp_dir, _experiment(name, exp_dir))  # re-derived from (preset, overrides): not edited
+            # re-derived from (preset, overrides): not edited
+            verify_config(_experiment(name, exp_dir), meta, exp_dir / "config.json")
             load_tables(exp_dir, meta["tables"])  # DamagedDataError (a ConfigError) on a truncated or edited table
         if (exp_dir / "result.json").exists():
             if meta is None:

@@ -49,7 +49,7 @@ def _common_why(a: ModelAnalysis) -> list[str]:
 def precondition(a: ModelAnalysis, config: Mapping[str, Any]) -> Claim:
     """E7.0: USAM's epoch-mean ‖ε‖ = ρ‖g‖ varies ≥ ``min_dynamic_range``× over training, over its stable range."""
     need = float(config["min_dynamic_range"])
-    logs = _per_seed(a, lambda s: math.log10(a.eps_range(s)) if a.eps_range(s) > 0 else float("nan"))
+    logs = _per_seed(a, lambda s: math.log10(r) if (r := a.eps_range(s)) > 0 else float("nan"))
     iv = _interval(logs)
     why = _common_why(a) + (["USAM fails at the smallest ρ on every seed"] if iv is None else [])
     none = [s for s, v in logs.items() if not math.isfinite(v)]
