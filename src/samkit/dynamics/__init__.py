@@ -10,6 +10,7 @@
 """
 
 from samkit.dynamics import theory
+from samkit.dynamics.boundary import Boundary, divergence_boundary
 from samkit.dynamics.problems import (
     MatrixSensing,
     PLManifold,
@@ -34,5 +35,7 @@ __all__ = [
     "simulate",
     "SimResult",
     "SIM_METHODS",
+    "divergence_boundary",
+    "Boundary",
     "theory",
 ]

@@ -31,6 +31,10 @@ __all__ = [
     "scalar_factorization_sam_radius",
     "scalar_factorization_usam_boundary",
     "usam_pl_distance_bound",
+    "unified_threshold",
+    "unified_cycle_amplitude",
+    "scalar_factorization_unified_boundary",
+    "unified_sharpness_edge",
     "SCALAR_FACTORIZATION_SAM_CONSTANT",
 ]
 
@@ -235,3 +239,104 @@ def usam_pl_distance_bound(beta: Num, mu: Num, eta: Num, rho: Num, loss_gap: Num
     q = (1.0 - 2.0 * mu * eta * kappa).clamp_min(0.0)
     val = eta * (1.0 + beta * rho) * torch.sqrt(2.0 * beta * gap.clamp_min(0.0)) / (1.0 - torch.sqrt(q))
     return torch.where(kappa > 0, val, torch.full_like(val, float("inf")))
+
+
+# -- normalization as a dial: unified SAM, ε = ρ((1 − λ) g + λ g/‖g‖) (Oikonomou & Loizou 2025) ---------------------
+
+
+def _check_lam(lam: Tensor) -> Tensor:
+    if bool(((lam < 0) | (lam > 1) | torch.isnan(lam)).any()):
+        raise ValueError(f"lam must lie in [0, 1] (0 is USAM, 1 is SAM), got {lam.tolist()!r}")
+    return lam
+
+
+def unified_threshold(beta: Num, rho: Num, lam: Num) -> Tensor:
+    """Unified SAM on a quadratic: stable iff ``η(β + (1 − λ)ρβ²) < 2``; returns ``2/(β + (1 − λ)ρβ²)``.
+
+    USAM's threshold at λ = 0 (:func:`usam_threshold`), SAM's 2/β at λ = 1 (:func:`sam_threshold`), in between a
+    threshold that only the unnormalized share ``(1 − λ)ρ`` of the radius lowers.
+
+    Derivation: on ``½xᵀHx`` with ``g = Hx``, ``∇L(x + ε) = Hx + ρ(1 − λ)H²x + ρλ Hg/‖g‖``, so the update is the
+    linear map ``x ← (I − ηH − η(1 − λ)ρH²)x`` plus ``−ηρλ Hg/‖g‖``, a term of norm ≤ ηρλβ.
+    *Bounded:* every eigenvalue ``h ≤ β`` of H gives the multiplier ``1 − ηh − η(1 − λ)ρh²``, which lies in
+    (−1, 1) for all of them iff ``η(β + (1 − λ)ρβ²) < 2`` (``h + ch²`` increases in h > 0); a contraction plus a
+    bounded term keeps ``‖x‖ ≤ ‖x₀‖ + ηρλβ/(1 − q)``. *Divergent:* above the threshold the top-eigenvector
+    coordinate obeys ``z⁺ = (μ − ηρλβ²/‖g‖) z`` with ``μ = 1 − η(β + (1 − λ)ρβ²) < −1``: the normalized part adds
+    to the overshoot, so ``|z|`` grows at least geometrically from any ``z₀ ≠ 0``. The threshold is exact, and the
+    same formula for every λ ∈ [0, 1].
+
+    >>> float(unified_threshold(10.0, 0.1, 0.0)), float(unified_threshold(10.0, 0.1, 1.0))
+    (0.1, 0.2)
+    >>> round(float(unified_threshold(10.0, 0.1, 0.5)), 12)
+    0.133333333333
+    """
+    beta, lam = _t(beta), _check_lam(_t(lam))
+    return 2.0 / (beta + (1.0 - lam) * _t(rho) * beta * beta)
+
+
+def unified_cycle_amplitude(eta: Num, rho: Num, beta: Num, lam: Num) -> Tensor:
+    """Unified SAM's limit on a quadratic (simple top eigenvalue β, below :func:`unified_threshold`): the
+    2-cycle ``±a e₁`` with ``a = ηρλβ / (2 − η(β + (1 − λ)ρβ²))``; ``inf`` at or above the threshold.
+
+    Check: on ``x = a e₁``, ``‖g‖ = βa`` and ``x⁺ = (1 − ηβ − η(1 − λ)ρβ²) a e₁ − ηρλβ e₁ = −a e₁``; the map
+    ``z ↦ μz − ηρλβ·sign z`` composed twice has slope μ² < 1, so the cycle attracts. λ = 1 gives SAM's
+    :func:`sam_cycle_amplitude`, λ = 0 gives 0 (USAM converges to the minimizer). The neighbourhood grows with
+    λρ only where USAM itself is stable (``η(β + ρβ²) < 2``): there ``a`` increases in λ; where USAM diverges,
+    ``a`` is finite only for λ above the dial's threshold and *decreases* in λ (it is infinite at the threshold).
+
+    >>> round(float(unified_cycle_amplitude(0.18, 0.1, 10.0, 1.0)), 12)
+    0.9
+    >>> round(float(unified_cycle_amplitude(0.1, 0.1, 10.0, 0.5)), 12)
+    0.1
+    """
+    eta, rho, beta, lam = _t(eta), _t(rho), _t(beta), _check_lam(_t(lam))
+    den = 2.0 - eta * (beta + (1.0 - lam) * rho * beta * beta)
+    return torch.where(den > 0, eta * rho * lam * beta / den.clamp_min(1e-300), torch.full_like(den, float("inf")))
+
+
+def scalar_factorization_unified_boundary(eta: Num, lam: Num, usam_boundary: Num | None = None) -> Tensor:
+    """Unified SAM on ``½(xy)²`` from ``y0² = 1/η``, ``x0 = y0/2``: the radius beyond which it diverges,
+    ``ρ*(λ) = ρ*(0) / (1 − λ)`` to leading order (``inf`` at λ = 1); ``ρ*(0)`` is ``usam_boundary`` when given
+    (a measured USAM boundary), else Theorem 2's ``η`` (:func:`scalar_factorization_usam_boundary`).
+
+    Derivation: the perturbation splits into ``ρ(1 − λ)g``, which is USAM's with radius ``(1 − λ)ρ``, and
+    ``ρλ g/‖g‖``, a displacement of length ``λρ`` of the point where the gradient is taken. At this
+    initialization the coordinates are of size ``y0 = η^(−1/2)`` and USAM's divergence sets in within a few steps,
+    while they are still that large; the normalized displacement changes the gradient there by a relative
+    ``O(λρ/y0) = O(λρ√η)``. So the divergence condition is USAM's with ``(1 − λ)ρ`` in place of ρ, up to a
+    relative correction ``κ = λρ*√η = λη^(3/2)/(1 − λ)`` (with Theorem 2's ρ* ≈ η), small for small η unless
+    λ → 1. Simulation agrees within 1% where κ ≤ 0.005 and the normalized part lowers the boundary a little as κ
+    grows (−5% at κ ≈ 0.03); at λ = 1 nothing drives the divergence and SAM stays bounded for ρ = O(1)
+    (Theorem 2).
+
+    >>> float(scalar_factorization_unified_boundary(0.01, 0.5))
+    0.02
+    >>> scalar_factorization_unified_boundary(0.01, torch.tensor([0.0, 1.0])).tolist()
+    [0.01, inf]
+    """
+    eta, lam = _t(eta), _check_lam(_t(lam))
+    base = scalar_factorization_usam_boundary(eta) if usam_boundary is None else _t(usam_boundary)
+    free = 1.0 - lam
+    return torch.where(free > 0, base / free.clamp_min(1e-300), torch.full_like(free * base, float("inf")))
+
+
+def unified_sharpness_edge(eta: Num, rho: Num, lam: Num, grad_norm: Num) -> Tensor:
+    """The sharpness at which full-batch unified SAM hovers (its edge of stability): the positive root λ_e of
+    ``η·λ_e·(1 + ρ_eff·λ_e) = 2`` with ``ρ_eff = ρ((1 − λ) + λ/‖g_t‖)``, i.e.
+    ``λ_e = 4 / (η(1 + √(1 + 8ρ_eff/η)))``.
+
+    Derivation (Theorem 1 applied locally): near a minimum, along the top Hessian eigenvector the unified
+    perturbation acts on the curvature λ_e as ``ρ_eff·λ_e²`` — ``ρ(1 − λ)`` from the unnormalized part, ``ρλ/‖g_t‖``
+    from the normalized one (Long & Bartlett 2023's SAM edge) — so the step is stable iff
+    ``η(λ_e + ρ_eff λ_e²) < 2`` and progressive sharpening stops at the root. λ = 0 gives USAM's λ*
+    (independent of ‖g_t‖), λ = 1 SAM's ‖g_t‖-dependent edge, ρ = 0 GD's 2/η. Since ``ρ_eff`` is linear in λ with
+    slope ``ρ(1/‖g_t‖ − 1)``, the edge **falls** as λ grows iff ``‖g_t‖ < 1`` (and rises iff ``‖g_t‖ > 1``).
+
+    >>> round(float(unified_sharpness_edge(0.04, 0.01, 0.0, 0.2)), 3)
+    36.603
+    >>> float(unified_sharpness_edge(0.04, 0.0, 0.5, 0.2))
+    50.0
+    """
+    eta, rho, lam, gn = _t(eta), _t(rho), _check_lam(_t(lam)), _t(grad_norm)
+    rho_eff = rho * ((1.0 - lam) + lam / gn)
+    return 4.0 / (eta * (1.0 + torch.sqrt(1.0 + 8.0 * rho_eff / eta)))

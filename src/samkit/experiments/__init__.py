@@ -1,9 +1,9 @@
 """The paper's experiments, one module each, behind a small registry.
 
 Built-in experiments are listed in :data:`BUILTIN` (name -> module) and imported lazily; each module
-registers its class with the :func:`register` decorator. A later experiment (for example E7, deep nets)
-either adds a line to :data:`BUILTIN` or calls :func:`register` from its own module and is then picked up
-by ``samkit list`` / ``samkit reproduce`` like the others.
+registers its class with the :func:`register` decorator. A new experiment either adds a line to :data:`BUILTIN`
+or calls :func:`register` from its own module and is then picked up by ``samkit list`` / ``samkit reproduce``
+like the others.
 
 Example:
     >>> from samkit.experiments import names
@@ -62,6 +62,7 @@ BUILTIN: dict[str, str] = {
     "E6": "samkit.experiments.e6_pl",
     "E7": "samkit.experiments.e7",
     "E8": "samkit.experiments.e8",
+    "E9": "samkit.experiments.e9",
 }
 
 _REGISTRY: dict[str, type[Experiment]] = {}

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import NullFormatter
 
-from samkit.dynamics import ScalarFactorization, simulate, theory
+from samkit.dynamics import ScalarFactorization, divergence_boundary, simulate, theory
 from samkit.experiments import Claim, Experiment, Figure, Param, Table, Unit, fmt, register
 from samkit.experiments._common import BLOWUP, SEED, grid_keys, logspace, mesh, tolist
 from samkit.experiments.base import make_claim
@@ -106,33 +106,28 @@ class ScalarFactorizationExp(Experiment):
         return run[params["kind"]](params)
 
     @staticmethod
-    def _diverges(etas: torch.Tensor, rhos: torch.Tensor, steps: int, blowup: float) -> torch.Tensor:
-        """Whether USAM diverges within ``steps`` from y0 = η^(−1/2), x0 = y0/2, for each (η, ρ) pair."""
-        y0 = torch.sqrt(1.0 / etas)
-        r = simulate(ScalarFactorization(), "usam", eta=etas, rho=rhos, x0=torch.stack([y0 / 2, y0], 1),
-                     steps=steps, record=(), blowup=blowup)  # fmt: skip
-        return r.diverged
-
-    @classmethod
-    def _run_boundary(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """USAM's divergence boundary ρ*(η) at every η by bisection in log ρ, all η in one batched run per step."""
+    def _run_boundary(params: Mapping[str, Any]) -> dict[str, Any]:
+        """USAM's divergence boundary ρ*(η) at every η by bisection in log ρ, all η in one batched run per step, each
+        from y0 = η^(−1/2), x0 = y0/2."""
         etas = torch.tensor(params["etas"], dtype=torch.float64)
-        lo = torch.full_like(etas, params["bisect_rho_min"])
-        hi = torch.full_like(etas, params["bisect_rho_max"])
-        args = (params["region_steps"], params["blowup"])
-        ok = ~cls._diverges(etas, lo, *args) & cls._diverges(etas, hi, *args)  # the bracket holds the boundary
-        steps = 0
-        while bool(((hi / lo) > 1.0 + params["bisect_tol"]).any()):
-            mid = torch.sqrt(lo * hi)
-            div = cls._diverges(etas, mid, *args)
-            hi, lo = torch.where(div, mid, hi), torch.where(div, lo, mid)
-            steps += 1
+        y0 = torch.sqrt(1.0 / etas)
+        b = divergence_boundary(
+            ScalarFactorization(),
+            "usam",
+            eta=etas,
+            x0=torch.stack([y0 / 2, y0], 1),
+            lo=params["bisect_rho_min"],
+            hi=params["bisect_rho_max"],
+            rtol=params["bisect_tol"],
+            steps=params["region_steps"],
+            blowup=params["blowup"],
+        )
         return {
             "eta": tolist(etas),
-            "rho_lo": tolist(lo),
-            "rho_hi": tolist(hi),
-            "bracketed": tolist(ok),
-            "bisections": steps,
+            "rho_lo": tolist(b.rho_lo),
+            "rho_hi": tolist(b.rho_hi),
+            "bracketed": tolist(b.bracketed),
+            "bisections": b.bisections,
         }
 
     @staticmethod

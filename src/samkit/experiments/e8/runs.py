@@ -1,4 +1,5 @@
 """E8's work: one full-batch training run per (method, η, ρ, seed) with λ measured along the way, and its tables.
+E9 trains with the same loop (``method="unified"`` with ``lam``).
 
 This module and what it imports are the code that computes a unit (its source is the units' cache fingerprint);
 the analysis, claims and figures live elsewhere.
@@ -76,6 +77,10 @@ def run_unit(params: Mapping[str, Any]) -> dict[str, Any]:
         opt: Any = torch.optim.SGD(model.parameters(), lr=eta)
     elif method == "usam":
         opt = samkit.USAM(model.parameters(), torch.optim.SGD, rho=rho, lr=eta)
+    elif method == "unified":  # E9's dial: ε = ρ((1 − λ) g + λ g/‖g‖)
+        opt = samkit.SAM(
+            model.parameters(), torch.optim.SGD, rho=rho, normalization="unified", lam=params["lam"], eps=0.0, lr=eta
+        )
     else:
         opt = samkit.SAM(model.parameters(), torch.optim.SGD, rho=rho, eps=0.0, lr=eta)
 
