@@ -49,6 +49,7 @@ def preset(**kw: Any) -> dict[str, Any]:
         "net_eta": 0.04,
         "net_rho": 0.005,
         "net_steps": 1000,
+        "gd_steps": 2000,
         "net_lams": [0.0, 0.25, 0.5, 0.75, 1.0],
         "seeds": [0, 1, 2, 3, 4],
         "eig_every": 40,
@@ -123,7 +124,10 @@ SCHEMA = {
     "hidden": Param(list[int], "widths of the tanh hidden layers", min=1),
     "net_eta": Param(float, "step size of the deep-net runs", min=0, strict=True),
     "net_rho": Param(float, "ρ of the deep-net runs (every λ)", min=0, strict=True),
-    "net_steps": Param(int, "steps of each deep-net run", min=1),
+    "net_steps": Param(int, "steps of each unified deep-net run", min=1),
+    "gd_steps": Param(
+        int, "steps of the GD control (sharpening to 2/η is slower than to the dial's lower edges)", min=1
+    ),
     "net_lams": Param(list[float], "E9.4/E9.5: λ of the deep-net runs, ascending", **_LAM),
     "seeds": Param(list[int], "seeds of the deep-net runs (GD and every λ once per seed)", min=0),
     "eig_every": Param(int, "steps between two Lanczos measurements of the sharpness", min=1),
@@ -158,10 +162,9 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"bisect_rho_min must be < bisect_rho_max, got {config['bisect_rho_min']} and {config['bisect_rho_max']}"
         )
-    if config["net_steps"] < 3 * config["eig_every"]:
-        raise ConfigError(
-            f"net_steps must be at least 3 × eig_every = {3 * config['eig_every']}, got {config['net_steps']}"
-        )
+    for key in ("net_steps", "gd_steps"):
+        if config[key] < 3 * config["eig_every"]:
+            raise ConfigError(f"{key} must be at least 3 × eig_every = {3 * config['eig_every']}, got {config[key]}")
     beta = max(config["eigenvalues"])
     top = abs(config["x0"][config["eigenvalues"].index(beta)])
     need = math.log(config["blowup"] / top) / math.log(1.0 + 2.0 * config["band"]) if top > 0 else math.inf
@@ -212,6 +215,6 @@ def net_setting(config: Mapping[str, Any]) -> str:
     return (
         f"tanh MLP input-{hidden}-10, first {config['n_train']} {config['dataset']} images, ½‖f−y‖² (one-hot), "
         f"full batch, SGD base, η={config['net_eta']:g}, ρ={config['net_rho']:g}, λ∈{config['net_lams']} and GD, "
-        f"{config['net_steps']} steps, seeds {config['seeds']}; sharpness by Lanczos (tol {config['eig_tol']:g}) every "
+        f"{config['net_steps']} steps (GD {config['gd_steps']}), seeds {config['seeds']}; sharpness by Lanczos (tol {config['eig_tol']:g}) every "
         f"{config['eig_every']} steps, plateau = mean over the last third"
     )

@@ -33,7 +33,8 @@ def units(config: Mapping[str, Any]) -> list[Unit]:
     net = {k: config[k] for k in _NET_KEYS}
     net.update(eta=config["net_eta"], steps=config["net_steps"], blowup=config["net_blowup"])
     for s in config["seeds"]:
-        out.append(Unit(f"net-gd-s{s}", {"kind": "net", **net, "method": "gd", "rho": 0.0, "seed": s}))
+        gd = {"kind": "net", **net, "method": "gd", "rho": 0.0, "steps": config["gd_steps"], "seed": s}
+        out.append(Unit(f"net-gd-s{s}", gd))
         for lam in config["net_lams"]:
             p = {"kind": "net", **net, "method": "unified", "rho": config["net_rho"], "lam": lam, "seed": s}
             out.append(Unit(f"net-lam{lam:g}-s{s}", p))
