@@ -24,9 +24,18 @@ def test_bisection_finds_the_boundary_to_its_tolerance():
     # the ends of the bracket straddle the boundary: USAM diverges at hi and not at lo
     import torch
 
+    from samkit.dynamics import ScalarFactorization, simulate
+
     etas = torch.tensor(params["etas"], dtype=torch.float64)
-    assert e4._diverges(etas, torch.tensor(hi), 3000, 1e12).all()
-    assert not e4._diverges(etas, torch.tensor(lo), 3000, 1e12).any()
+    y0 = torch.sqrt(1.0 / etas)
+
+    def diverges(rho):
+        x0 = torch.stack([y0 / 2, y0], 1)
+        return simulate(
+            ScalarFactorization(), "usam", etas, torch.tensor(rho), x0, 3000, record=(), blowup=1e12
+        ).diverged
+
+    assert diverges(hi).all() and not diverges(lo).any()
 
 
 def test_the_slope_interval():

@@ -218,6 +218,7 @@ def test_a_run_that_never_moved_leaves_its_seed_out(tiny, kit):
         (["gd_steps=50"], "gd_steps must be at least 3 × eig_every"),
         (["bisect_rho_min=2"], "bisect_rho_min must be < bisect_rho_max"),
         (["lams=0,1.5"], "lams"),
+        (["fact_lams=0,0.5,0.95"], "cannot bracket the boundary at λ = 0.95"),  # ρ* ≈ 1.07 × 0.05/0.05 > 1
     ],
 )
 def test_settings_that_could_not_show_the_claims_are_refused(overrides, match):

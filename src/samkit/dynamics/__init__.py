@@ -10,7 +10,7 @@
 """
 
 from samkit.dynamics import theory
-from samkit.dynamics.boundary import Boundary, divergence_boundary
+from samkit.dynamics.boundary import Boundary, divergence_boundary, factorization_boundary
 from samkit.dynamics.problems import (
     MatrixSensing,
     PLManifold,
@@ -36,6 +36,7 @@ __all__ = [
     "SimResult",
     "SIM_METHODS",
     "divergence_boundary",
+    "factorization_boundary",
     "Boundary",
     "theory",
 ]

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from samkit.dynamics.problems import Problem
+from samkit.dynamics.problems import Problem, ScalarFactorization
 from samkit.dynamics.simulate import simulate
 
-__all__ = ["Boundary", "divergence_boundary"]
+__all__ = ["Boundary", "divergence_boundary", "factorization_boundary"]
 
 
 @dataclass
@@ -86,3 +86,29 @@ def divergence_boundary(
         rho_hi, rho_lo = torch.where(div, mid, rho_hi), torch.where(div, rho_lo, mid)
         rounds += 1
     return Boundary(rho_lo, rho_hi, bracketed, at_hi, rounds)
+
+
+def factorization_boundary(
+    eta: Tensor,
+    method: str,
+    *,
+    lo: float,
+    hi: float,
+    rtol: float,
+    steps: int,
+    lam: float | None = None,
+    blowup: float = 1e100,
+) -> Boundary:
+    """:func:`divergence_boundary` on Theorem 2's problem ``½(xy)²`` from its η-scaled start ``y0 = η^(−1/2)``,
+    ``x0 = y0/2`` (so that GD is stable and USAM's boundary is ρ* ≈ η), at every step size of ``eta``.
+
+    >>> b = factorization_boundary(torch.tensor([0.01]), "usam", lo=1e-4, hi=1.0, rtol=0.01, steps=3000)
+    >>> round(b.rho_star.item() / 0.01, 1)  # ρ*/η ≈ 1.07 (paper-notes App. D)
+    1.1
+    """
+    eta = torch.as_tensor(eta, dtype=torch.float64)
+    y0 = torch.sqrt(1.0 / eta)
+    x0 = torch.stack([y0 / 2, y0], 1)
+    return divergence_boundary(
+        ScalarFactorization(), method, eta, x0, lo=lo, hi=hi, rtol=rtol, steps=steps, lam=lam, blowup=blowup
+    )

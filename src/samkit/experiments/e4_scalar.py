@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import NullFormatter
 
-from samkit.dynamics import ScalarFactorization, divergence_boundary, simulate, theory
+from samkit.dynamics import ScalarFactorization, factorization_boundary, simulate, theory
 from samkit.experiments import Claim, Experiment, Figure, Param, Table, Unit, fmt, register
 from samkit.experiments._common import BLOWUP, SEED, grid_keys, logspace, mesh, tolist
 from samkit.experiments.base import make_claim
@@ -110,12 +110,9 @@ class ScalarFactorizationExp(Experiment):
         """USAM's divergence boundary ρ*(η) at every η by bisection in log ρ, all η in one batched run per step, each
         from y0 = η^(−1/2), x0 = y0/2."""
         etas = torch.tensor(params["etas"], dtype=torch.float64)
-        y0 = torch.sqrt(1.0 / etas)
-        b = divergence_boundary(
-            ScalarFactorization(),
+        b = factorization_boundary(
+            etas,
             "usam",
-            eta=etas,
-            x0=torch.stack([y0 / 2, y0], 1),
             lo=params["bisect_rho_min"],
             hi=params["bisect_rho_max"],
             rtol=params["bisect_tol"],

@@ -135,30 +135,31 @@ def run_unit(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_rows(key: Mapping[str, Any], params: Mapping[str, Any], r: Mapping[str, Any], sharpness: str = "lam") -> tuple:
+    """One training run's row of the runs table (``key`` first) and its rows of the curves table (the top eigenvalue
+    in the column ``sharpness``)."""
+    run = {
+        **key,
+        "steps": params["steps"],
+        "diverged": bool(r["diverged"]),
+        "diverged_step": "" if r["diverged_step"] is None else r["diverged_step"],
+        "measurements": len(r["step"]),
+        "n_hvp": r["n_hvp"],
+        "eig_unconverged": r["eig_unconverged"],
+    }
+    curves = [
+        {**key, "step": step, sharpness: r["lam"][i], "loss": r["loss"][i], "grad_norm": r["grad_norm"][i]}
+        for i, step in enumerate(r["step"])
+    ]
+    return run, curves
+
+
 def run_tables(config: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict]]:
     runs, curves = [], []
     for unit in units(config):
-        r, p = results[unit.key], unit.params
+        p = unit.params
         key = {"method": p["method"], "eta": p["eta"], "rho": p["rho"], "seed": p["seed"]}
-        runs.append(
-            {
-                **key,
-                "steps": p["steps"],
-                "diverged": bool(r["diverged"]),
-                "diverged_step": "" if r["diverged_step"] is None else r["diverged_step"],
-                "measurements": len(r["step"]),
-                "n_hvp": r["n_hvp"],
-                "eig_unconverged": r["eig_unconverged"],
-            }
-        )
-        for i, step in enumerate(r["step"]):
-            curves.append(
-                {
-                    **key,
-                    "step": step,
-                    "lam": r["lam"][i],
-                    "loss": r["loss"][i],
-                    "grad_norm": r["grad_norm"][i],
-                }
-            )
+        run, rows = run_rows(key, p, results[unit.key])
+        runs.append(run)
+        curves += rows
     return {"runs": runs, "curves": curves}

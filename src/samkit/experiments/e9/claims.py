@@ -8,7 +8,8 @@ reached its own edge contradicts the prediction and FAILs the claim.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from samkit.dynamics import theory
 from samkit.experiments.base import Claim, Table, fmt, make_claim
 from samkit.experiments.e9.analysis import Analysis, phase_labels
 from samkit.experiments.e9.config import factorization_setting, net_setting, quadratic_setting
-from samkit.experiments.stats import judge, seed_interval
+from samkit.experiments.stats import SeedInterval, judge, seed_interval
 
 _RULE = "90% t-interval over seeds of the per-seed worst λ: PASS if it lies wholly within, FAIL if wholly outside"
 _NET_DATA = ["data/net_runs.csv", "data/net_curves.csv"]
@@ -133,12 +134,11 @@ def factorization_boundary(a: Analysis, config: Mapping[str, Any]) -> Claim:
         worst = max(worst, dev)
         if not dev <= tol:
             bad.append(f"{where}: (1−λ)ρ*/ρ*(0) = {fmt(r['ratio'])}")
+    inner = sorted({float(r["lam"]) for r in a.factorization if 0.0 < float(r["lam"]) < 1.0})
     ratios = "; ".join(
-        f"λ={float(r['lam']):g} η={float(r['eta']):g}: {fmt(r['ratio'])}"
-        for r in a.factorization
-        if 0.0 < float(r["lam"]) < 1.0
+        f"λ={lam:g}: " + _range([float(r["ratio"]) for r in a.factorization if float(r["lam"]) == lam]) for lam in inner
     )
-    measured = f"(1−λ)ρ*(λ)/ρ*(0): {ratios or 'none'}; worst judged |… − 1| = {fmt(worst)} over {judged} cells"
+    measured = f"(1−λ)ρ*(λ)/ρ*(0) over η: {ratios or 'none'}; worst judged |… − 1| = {fmt(worst)} over {judged} cells"
     if skipped:
         measured += f"; not judged (κ > {kmax:g}): {', '.join(skipped)}"
     if bad:
@@ -161,9 +161,21 @@ def factorization_boundary(a: Analysis, config: Mapping[str, Any]) -> Claim:
     )
 
 
-def _net_seeds(a: Analysis) -> tuple[list[int], str, list[str]]:
-    """The seeds whose deep-net runs can be judged (GD reached its edge, every λ's sharpness moved from its start),
-    the others as text, and why nothing can be judged (if so)."""
+@dataclass
+class _Judged:
+    """The deep-net runs a claim can judge: the seeds (GD reached its edge, every λ's sharpness moved from its start),
+    why nothing can be judged (if so), the judged runs that diverged or never settled, the per-seed interval of the
+    claim's statistic (None when a run is broken or no seed is left), and the text that ends ``measured``."""
+
+    seeds: list[int]
+    why: list[str]
+    broken: list[str]
+    interval: SeedInterval | None
+    tail: str
+
+
+def _judge_net(a: Analysis, config: Mapping[str, Any], statistic: Callable[[list[dict]], float]) -> _Judged:
+    """``statistic`` of each judged seed's runs (ascending λ) and its interval over the seeds."""
     seeds, out = [], []
     for s in a.seeds:
         if not a.gd_reached(s):
@@ -172,45 +184,50 @@ def _net_seeds(a: Analysis) -> tuple[list[int], str, list[str]]:
             out.append(f"{s} (a run's plateau is within the band of its starting sharpness: no approach to judge)")
         else:
             seeds.append(s)
-    note = f"; seeds left out: {', '.join(out)}" if out else ""
-    return seeds, note, [] if seeds else ["no seed on which GD reached its edge and every run's sharpness moved"]
-
-
-def _broken(a: Analysis, seeds: list[int], config: Mapping[str, Any]) -> list[str]:
-    out = []
+    why = [] if seeds else ["no seed on which GD reached its edge and every run's sharpness moved"]
+    broken = []
     for s in seeds:
         for lam in a.lams:
             r = a.net.get(("unified", lam, s))
             if r is None:
-                out.append(f"λ={lam:g} seed {s}: no run")
+                broken.append(f"λ={lam:g} seed {s}: no run")
             elif r["diverged"]:
-                out.append(f"λ={lam:g} seed {s} diverged")
+                broken.append(f"λ={lam:g} seed {s} diverged")
             elif not r["stable"]:
-                out.append(f"λ={lam:g} seed {s} did not settle (std/mean {fmt(r['cv'])} > {config['stable_cv']:g})")
-    return out
+                broken.append(f"λ={lam:g} seed {s} did not settle (std/mean {fmt(r['cv'])} > {config['stable_cv']:g})")
+    iv = seed_interval({s: statistic(a.dial(s)) for s in seeds}) if seeds and not broken else None
+    tail = ("; " + "; ".join(broken) if broken else "") + (f"; seeds left out: {', '.join(out)}" if out else "")
+    return _Judged(seeds, why, broken, iv, tail)
+
+
+def _range(values: list[float]) -> str:
+    """``lo–hi`` of the values (one value alone when they agree to the digits shown)."""
+    lo, hi = fmt(min(values), 4), fmt(max(values), 4)
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 def _per_lam(a: Analysis, seeds: list[int], field: str) -> str:
-    return "; ".join(
-        f"λ={lam:g}: "
-        + ", ".join(fmt(a.net[("unified", lam, s)][field], 4) for s in seeds if ("unified", lam, s) in a.net)
-        for lam in a.lams
-    )
+    """Per λ, the range over ``seeds`` of a run statistic (each seed's value is in the claim's ``values``)."""
+    parts = []
+    for lam in a.lams:
+        vals = [a.net[("unified", lam, s)][field] for s in seeds if ("unified", lam, s) in a.net]
+        if vals:
+            parts.append(f"λ={lam:g}: {_range(vals)}")
+    return "; ".join(parts)
 
 
 def net_edge(a: Analysis, config: Mapping[str, Any]) -> Claim:
     """E9.4: in a deep net the sharpness hovers at the dial's edge, every λ, on the seeds' interval."""
     tol = float(config["edge_tol"])
-    seeds, left_out, why = _net_seeds(a)
-    broken = _broken(a, seeds, config)
-    iv = None
-    if seeds and not broken:
-        iv = seed_interval({s: max(abs(r["edge_ratio"] - 1.0) for r in a.dial(s)) for s in seeds})
-    measured = "mean sharpness_t/edge_t per λ (judged seeds): " + (_per_lam(a, seeds, "edge_ratio") or "none")
-    measured += "; plateau: " + (_per_lam(a, seeds, "plateau") or "none")
+    j = _judge_net(a, config, lambda runs: max(abs(r["edge_ratio"] - 1.0) for r in runs))
+    iv = j.interval
+    measured = "mean sharpness_t/edge_t per λ, range over the judged seeds: " + (
+        _per_lam(a, j.seeds, "edge_ratio") or "none"
+    )
+    measured += "; plateau: " + (_per_lam(a, j.seeds, "plateau") or "none")
     if iv is not None:
         measured += f"; worst |mean sharpness_t/edge_t − 1| per seed: {iv.text()}"
-    measured += ("; " + "; ".join(broken) if broken else "") + left_out
+    measured += j.tail
     return make_claim(
         id="E9.4",
         statement="Full-batch unified SAM on a deep net hovers at the dial's edge of stability, the root of "
@@ -222,7 +239,7 @@ def net_edge(a: Analysis, config: Mapping[str, Any]) -> Claim:
         tolerance=f"|mean sharpness_t/edge_t − 1| ≤ {tol:g}; a run that diverges or does not settle while GD reached "
         f"its edge fails; {_RULE}",
         verdict="FAIL" if iv is None else judge(iv, "<=", tol),
-        why=why,
+        why=j.why,
         figure="plateau.png",
         data=_NET_DATA,
         values={"worst": iv.to_dict() if iv else None},
@@ -231,20 +248,16 @@ def net_edge(a: Analysis, config: Mapping[str, Any]) -> Claim:
 
 def net_falls(a: Analysis, config: Mapping[str, Any]) -> Claim:
     """E9.5: the plateau falls as λ grows — where ‖g_t‖ < 1, which is when the dial's edge falls in λ."""
-    seeds, left_out, why = _net_seeds(a)
-    broken = _broken(a, seeds, config)
-    big = [f"λ={lam:g} seed {s}" for s in seeds for lam, r in zip(a.lams, a.dial(s)) if not r["grad_norm"] < 1.0]
+    j = _judge_net(a, config, lambda runs: min(p["plateau"] / q["plateau"] - 1.0 for p, q in zip(runs, runs[1:])))
+    iv, why = j.interval, list(j.why)
+    big = [f"λ={lam:g} seed {s}" for s in j.seeds for lam, r in zip(a.lams, a.dial(s)) if not r["grad_norm"] < 1.0]
     if big:
         why.append("‖g_t‖ ≥ 1 over the last third (there the edge rises in λ): " + ", ".join(big))
-    iv = None
-    if seeds and not broken:
-        steps = {s: [p["plateau"] / q["plateau"] - 1.0 for p, q in zip(a.dial(s), a.dial(s)[1:])] for s in seeds}
-        iv = seed_interval({s: min(v) for s, v in steps.items()})
-    measured = "plateau per λ (judged seeds): " + (_per_lam(a, seeds, "plateau") or "none")
-    measured += "; mean ‖g_t‖ over the last third: " + (_per_lam(a, seeds, "grad_norm") or "none")
+    measured = "plateau per λ, range over the judged seeds: " + (_per_lam(a, j.seeds, "plateau") or "none")
+    measured += "; mean ‖g_t‖ over the last third: " + (_per_lam(a, j.seeds, "grad_norm") or "none")
     if iv is not None:
         measured += f"; smallest relative fall between neighbouring λ per seed: {iv.text()}"
-    measured += ("; " + "; ".join(broken) if broken else "") + left_out
+    measured += j.tail
     return make_claim(
         id="E9.5",
         statement="The more normalization, the flatter: the deep net's plateau falls at every step of λ, as the dial's "

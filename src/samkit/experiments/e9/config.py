@@ -88,6 +88,7 @@ PRESETS = {
         fact_lams=[0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0],
         fact_steps=6000,
         bisect_tol=0.002,
+        bisect_rho_max=10.0,
         net_lams=[0.0, 0.1, 0.25, 0.5, 0.75, 1.0],
         seeds=list(range(10)),
     ),
@@ -149,7 +150,7 @@ def _distinct_ascending(config: Mapping[str, Any], key: str) -> None:
 
 
 def validate(config: Mapping[str, Any]) -> None:
-    """λ lists distinct and ascending, steps enough to see a run just outside the band diverge, fact_lams holds 0 (the USAM reference), net_lams at least two values, the
+    """λ lists distinct and ascending, a bisection bracket that reaches 1.5 × the predicted boundary, steps enough to see a run just outside the band diverge, fact_lams holds 0 (the USAM reference), net_lams at least two values, the
     bracket ordered, every λ > 0 of lams has a 2-cycle cell below its threshold, the deep-net runs measure at least
     three times, and λ = 0's edge λ* is below max_edge_fraction × 2/η (else the dial starts at GD's edge)."""
     for key in ("lams", "fact_lams", "net_lams", "seeds"):
@@ -161,6 +162,14 @@ def validate(config: Mapping[str, Any]) -> None:
     if not config["bisect_rho_min"] < config["bisect_rho_max"]:
         raise ConfigError(
             f"bisect_rho_min must be < bisect_rho_max, got {config['bisect_rho_min']} and {config['bisect_rho_max']}"
+        )
+    free = [lam for lam in config["fact_lams"] if lam < 1.0]
+    need_hi = 1.5 * theory_float(theory.scalar_factorization_unified_boundary(config["fact_eta_max"], max(free)))
+    if config["bisect_rho_max"] < need_hi:
+        raise ConfigError(
+            f"bisect_rho_max = {config['bisect_rho_max']:g} cannot bracket the boundary at λ = {max(free):g}, η = "
+            f"{config['fact_eta_max']:g}: the prediction is η/(1 − λ) = {need_hi / 1.5:.3g}; the bracket needs 1.5 times "
+            f"that ({need_hi:.3g}: USAM's measured constant 1.07 and the claim's tolerance fit under it)"
         )
     for key in ("net_steps", "gd_steps"):
         if config[key] < 3 * config["eig_every"]:

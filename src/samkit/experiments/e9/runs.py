@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from samkit.dynamics import Quadratic, ScalarFactorization, divergence_boundary, simulate
+from samkit.dynamics import Quadratic, factorization_boundary, simulate
 from samkit.experiments._common import linspace, logspace, mesh, tolist
 from samkit.experiments.base import Unit
 from samkit.experiments.e8 import runs as e8_runs
@@ -73,17 +73,14 @@ def _run_quadratic(params: Mapping[str, Any]) -> dict[str, Any]:
 def _run_factorization(params: Mapping[str, Any]) -> dict[str, Any]:
     """Unified SAM's divergence boundary ρ* on ½(xy)² at one λ, every η from y0 = η^(−1/2), x0 = y0/2."""
     etas = torch.tensor(params["etas"], dtype=torch.float64)
-    y0 = torch.sqrt(1.0 / etas)
-    b = divergence_boundary(
-        ScalarFactorization(),
+    b = factorization_boundary(
+        etas,
         "unified",
-        eta=etas,
-        x0=torch.stack([y0 / 2, y0], 1),
+        lam=params["lam"],
         lo=params["bisect_rho_min"],
         hi=params["bisect_rho_max"],
         rtol=params["bisect_tol"],
         steps=params["fact_steps"],
-        lam=params["lam"],
         blowup=params["blowup"],
     )
     return {
@@ -120,24 +117,9 @@ def run_tables(config: Mapping[str, Any], results: Mapping[str, Mapping[str, Any
             fact.append({**row, "diverged_at_max": top})
     for unit in units(config):
         p = unit.params
-        if p["kind"] != "net":
-            continue
-        r = results[unit.key]
-        key = {"method": p["method"], "lam": p.get("lam", ""), "rho": p["rho"], "seed": p["seed"]}
-        runs.append(
-            {
-                **key,
-                "eta": p["eta"],
-                "steps": p["steps"],
-                "diverged": bool(r["diverged"]),
-                "diverged_step": "" if r["diverged_step"] is None else r["diverged_step"],
-                "measurements": len(r["step"]),
-                "n_hvp": r["n_hvp"],
-                "eig_unconverged": r["eig_unconverged"],
-            }
-        )
-        for i, step in enumerate(r["step"]):
-            curves.append(
-                {**key, "step": step, "sharpness": r["lam"][i], "loss": r["loss"][i], "grad_norm": r["grad_norm"][i]}
-            )
+        if p["kind"] == "net":
+            key = {"method": p["method"], "lam": p.get("lam", ""), "rho": p["rho"], "seed": p["seed"], "eta": p["eta"]}
+            run, rows = e8_runs.run_rows(key, p, results[unit.key], sharpness="sharpness")
+            runs.append(run)
+            curves += rows
     return {"phase": phase, "cycle": cycle, "factorization": fact, "net_runs": runs, "net_curves": curves}
