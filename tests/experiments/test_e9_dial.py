@@ -111,7 +111,7 @@ def test_a_boundary_moving_as_one_over_one_minus_lambda_squared_fails(tiny, kit)
 @pytest.mark.parametrize(
     "where, changes, why",
     [
-        ({"lam": 1.0}, {"diverged_at_max": True}, "diverged at ρ"),  # SAM diverging contradicts Theorem 2
+        ({"lam": 1.0}, {"diverged_at_sam_rho": True}, "diverged at ρ = 1"),  # SAM diverging at ρ = O(1): Theorem 2
         ({"lam": 0.0}, {"rho_star": 1.0}, "outside Theorem 2's"),  # SAM relabelled as USAM: no ρ ≈ η boundary
         ({"lam": 0.5}, {"bracketed": False}, "no boundary in"),
     ],

@@ -10,7 +10,7 @@
 """
 
 from samkit.dynamics import theory
-from samkit.dynamics.boundary import Boundary, divergence_boundary, factorization_boundary
+from samkit.dynamics.boundary import Boundary, divergence_boundary, factorization_boundary, factorization_start
 from samkit.dynamics.problems import (
     MatrixSensing,
     PLManifold,
@@ -37,6 +37,7 @@ __all__ = [
     "SIM_METHODS",
     "divergence_boundary",
     "factorization_boundary",
+    "factorization_start",
     "Boundary",
     "theory",
 ]

@@ -18,7 +18,7 @@ from torch import Tensor
 from samkit.dynamics.problems import Problem, ScalarFactorization
 from samkit.dynamics.simulate import simulate
 
-__all__ = ["Boundary", "divergence_boundary", "factorization_boundary"]
+__all__ = ["Boundary", "divergence_boundary", "factorization_boundary", "factorization_start"]
 
 
 @dataclass
@@ -88,6 +88,17 @@ def divergence_boundary(
     return Boundary(rho_lo, rho_hi, bracketed, at_hi, rounds)
 
 
+def factorization_start(eta: Tensor) -> Tensor:
+    """Theorem 2's η-scaled start on ``½(xy)²``, one row per step size: ``y0 = η^(−1/2)``, ``x0 = y0/2`` (so that
+    ``η·y0² = 1`` and GD is stable).
+
+    >>> factorization_start(torch.tensor([0.25, 0.01], dtype=torch.float64)).tolist()
+    [[1.0, 2.0], [5.0, 10.0]]
+    """
+    y0 = torch.sqrt(1.0 / torch.as_tensor(eta, dtype=torch.float64))
+    return torch.stack([y0 / 2, y0], 1)
+
+
 def factorization_boundary(
     eta: Tensor,
     method: str,
@@ -107,8 +118,15 @@ def factorization_boundary(
     1.1
     """
     eta = torch.as_tensor(eta, dtype=torch.float64)
-    y0 = torch.sqrt(1.0 / eta)
-    x0 = torch.stack([y0 / 2, y0], 1)
     return divergence_boundary(
-        ScalarFactorization(), method, eta, x0, lo=lo, hi=hi, rtol=rtol, steps=steps, lam=lam, blowup=blowup
+        ScalarFactorization(),
+        method,
+        eta,
+        factorization_start(eta),
+        lo=lo,
+        hi=hi,
+        rtol=rtol,
+        steps=steps,
+        lam=lam,
+        blowup=blowup,
     )

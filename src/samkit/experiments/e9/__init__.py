@@ -17,7 +17,9 @@ The paper compares the two ends of the family ε = ρ((1−λ)g + λ g/‖g‖) 
   :func:`~samkit.dynamics.theory.scalar_factorization_unified_boundary`): only the unnormalized part drives USAM's
   divergence, so the boundary moves from ρ*(0) ≈ η to ρ*(λ) = ρ*(0)/(1−λ), up to a relative correction of order
   κ = λρ*√η. E9.3: |(1−λ)ρ*(λ)/ρ*(0) − 1| ≤ ``boundary_tol`` wherever κ ≤ ``kappa_max`` (others reported), λ = 0 within
-  Theorem 2's ρ*/η ∈ [0.5, 2], and no divergence at λ = 1 up to ``bisect_rho_max``.
+  Theorem 2's ρ*/η ∈ [0.5, 2], and SAM (λ = 1) bounded at ρ = ``sam_rho_max`` (1: Theorem 2's ρ = O(1)) at
+  every η. SAM is not bounded for every ρ: once ρ is comparable to the distance y0 = η^(−1/2) to the minimum it
+  diverges too, at ρ* ≈ 0.59/√η (measured at η = 0.002–0.05); the full preset's wider bracket shows it, report only.
 * **deep net, full batch** (E8's setting and training loop,
   :func:`~samkit.dynamics.theory.unified_sharpness_edge`): the sharpness s hovers where
   η·s·(1 + ρ·s·((1−λ) + λ/‖g_t‖)) = 2. E9.4: per seed the worst λ's |mean s_t/edge_t − 1| over the last third,

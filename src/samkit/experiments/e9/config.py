@@ -40,6 +40,7 @@ def preset(**kw: Any) -> dict[str, Any]:
         "bisect_rho_min": 1e-4,
         "bisect_rho_max": 1.0,
         "bisect_tol": 0.01,
+        "sam_rho_max": 1.0,
         "kappa_max": 0.05,
         "boundary_tol": 0.1,
         # the deep net: the edge of stability against λ
@@ -116,6 +117,9 @@ SCHEMA = {
     "bisect_rho_min": Param(float, "E9.3: lower end of the bisection bracket of ρ*", min=0, strict=True),
     "bisect_rho_max": Param(float, "E9.3: upper end of the bracket", min=0, strict=True),
     "bisect_tol": Param(float, "E9.3: bisection stops when the bracket's hi/lo ≤ 1 + this", min=0, strict=True),
+    "sam_rho_max": Param(
+        float, "E9.3: SAM (λ = 1) must stay bounded at this ρ at every η (Theorem 2: ρ = O(1))", min=0, strict=True
+    ),
     "kappa_max": Param(
         float, "E9.3: judge (λ, η) where the normalized part's relative size κ = λρ*√η is at most this", min=0
     ),

@@ -129,7 +129,7 @@ def factorization_figure(config: Mapping[str, Any], a: Analysis, fig_dir: Path) 
     right.set_ylabel("(1−λ) ρ*(λ) / ρ*(0)")
     right.set_xlim(0, 1)
     right.legend(fontsize=7)
-    never = [f"{float(r['eta']):g}" for r in a.factorization if float(r["lam"]) == 1.0 and not r["diverged_at_max"]]
+    never = [f"{float(r['eta']):g}" for r in a.factorization if float(r["lam"]) == 1.0 and not r["diverged_at_sam_rho"]]
     return Figure(
         save_figure(fig, fig_dir / "factorization_boundary.png"),
         "Scalar factorization: USAM's divergence boundary moves out as 1/(1−λ)",
@@ -137,7 +137,7 @@ def factorization_figure(config: Mapping[str, Any], a: Analysis, fig_dir: Path) 
         "ρ*(0)/(1−λ). Right: (1−λ)ρ*(λ)/ρ*(0), which the prediction sets to 1; the normalized part, neglected by it, "
         "lowers the boundary slightly as κ = λρ*√η grows (largest η, λ near 1). "
         + (
-            f"SAM (λ = 1) did not diverge for any ρ ≤ {config['bisect_rho_max']:g} at η ∈ {{{', '.join(never)}}}. "
+            f"SAM (λ = 1) did not diverge at ρ = {config['sam_rho_max']:g} at η ∈ {{{', '.join(never)}}}. "
             if never
             else ""
         )

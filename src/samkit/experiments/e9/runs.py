@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from samkit.dynamics import Quadratic, factorization_boundary, simulate
+from samkit.dynamics import Quadratic, ScalarFactorization, factorization_boundary, factorization_start, simulate
 from samkit.experiments._common import linspace, logspace, mesh, tolist
 from samkit.experiments.base import Unit
 from samkit.experiments.e8 import runs as e8_runs
@@ -25,7 +25,8 @@ def units(config: Mapping[str, Any]) -> list[Unit]:
     quad["etas"] = linspace(config["eta_min"], config["eta_max"], config["n_eta"])
     quad["rhos"] = logspace(config["rho_min"], config["rho_max"], config["n_rho"])
     out = [Unit(f"quadratic-lam{lam:g}", {"kind": "quadratic", **quad, "lam": lam}) for lam in config["lams"]]
-    fact = {k: config[k] for k in ("fact_steps", "bisect_rho_min", "bisect_rho_max", "bisect_tol", "blowup")}
+    keys = ("fact_steps", "bisect_rho_min", "bisect_rho_max", "bisect_tol", "sam_rho_max", "blowup")
+    fact = {k: config[k] for k in keys}
     fact["etas"] = logspace(config["fact_eta_min"], config["fact_eta_max"], config["n_fact_eta"])
     out += [
         Unit(f"factorization-lam{lam:g}", {"kind": "factorization", **fact, "lam": lam}) for lam in config["fact_lams"]
@@ -83,12 +84,16 @@ def _run_factorization(params: Mapping[str, Any]) -> dict[str, Any]:
         steps=params["fact_steps"],
         blowup=params["blowup"],
     )
+    rho = torch.full_like(etas, params["sam_rho_max"])
+    kw = {"steps": params["fact_steps"], "lam": params["lam"], "record": (), "blowup": params["blowup"]}
+    at_sam_rho = simulate(ScalarFactorization(), "unified", etas, rho, factorization_start(etas), **kw)
     return {
         "eta": tolist(etas),
         "rho_lo": tolist(b.rho_lo),
         "rho_hi": tolist(b.rho_hi),
         "bracketed": tolist(b.bracketed),
         "diverged_at_max": tolist(b.diverged_at_hi),
+        "diverged_at_sam_rho": tolist(at_sam_rho.diverged),
     }
 
 
@@ -111,10 +116,12 @@ def run_tables(config: Mapping[str, Any], results: Mapping[str, Mapping[str, Any
             )
     for lam in config["fact_lams"]:
         r = results[f"factorization-lam{lam:g}"]
-        for e, lo, hi, ok, top in zip(r["eta"], r["rho_lo"], r["rho_hi"], r["bracketed"], r["diverged_at_max"]):
+        for i, (e, lo, hi, ok) in enumerate(zip(r["eta"], r["rho_lo"], r["rho_hi"], r["bracketed"])):
             star = (lo * hi) ** 0.5 if ok else float("nan")
             row = {"lam": lam, "eta": e, "rho_lo": lo, "rho_hi": hi, "rho_star": star, "bracketed": ok}
-            fact.append({**row, "diverged_at_max": top})
+            fact.append(
+                {**row, "diverged_at_max": r["diverged_at_max"][i], "diverged_at_sam_rho": r["diverged_at_sam_rho"][i]}
+            )
     for unit in units(config):
         p = unit.params
         if p["kind"] == "net":
