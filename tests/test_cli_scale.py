@@ -57,6 +57,7 @@ def test_device_sets_the_device_key_of_the_experiments_that_train_only(tmp_path,
 
     monkeypatch.setattr(cli, "run_experiments", fake_run_experiments)
     monkeypatch.setattr(cli, "write_report", lambda out: ("index.html", "README.md"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # as on a GPU machine (no device is touched)
     cli.main(["reproduce", "--preset", "tiny", "--device", "cuda", "--jobs", "1", "--out", str(tmp_path)])
     assert seen["E7"] == (["device=cuda"], "cuda")  # E7 trains networks on a torch device
     assert seen["E1"] == ([], None) and seen["E8"] == ([], None)  # the others have no such key

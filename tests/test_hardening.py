@@ -82,12 +82,16 @@ def test_a_second_sweep_on_the_same_out_is_refused(tmp_path, capsys):
 
 
 def test_a_file_that_cannot_be_written_mid_run_is_one_line(tmp_path, capsys, squares):
-    """Before: `OUT/EXP/data` being a file gave a FileExistsError traceback (exit 1)."""
-    (tmp_path / "SQUARES").mkdir()
-    (tmp_path / "SQUARES" / "data").write_text("in the way")
-    assert main(["run", "SQUARES", "--preset", "tiny", "--out", str(tmp_path), "--jobs", "1", "--no-progress"]) == 3
+    """Before: `OUT/EXP/data` being a file gave a FileExistsError traceback (exit 1). Now the new outputs are
+    written into `EXP/.commit/` and switched in; a file in the way there is the same kind of mid-run failure."""
+    argv = ["run", "SQUARES", "--preset", "tiny", "--out", str(tmp_path), "--jobs", "1", "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (tmp_path / "SQUARES" / ".commit").write_text("in the way")
+    assert main([*argv, "--set", "bound=50"]) == 3
     err = capsys.readouterr().err
-    assert err.startswith("samkit: error: File exists: ") and "SQUARES/data'" in err and "Traceback" not in err
+    assert err.startswith("samkit: error: ") and "SQUARES/.commit'" in err and "Traceback" not in err
+    assert "bound=50" not in (tmp_path / "SQUARES" / "config.json").read_text()  # the previous results stand
 
 
 def test_a_value_error_from_deeper_code_is_one_line_and_traceback_on_request(tmp_path, capsys, monkeypatch):
@@ -100,9 +104,11 @@ def test_a_value_error_from_deeper_code_is_one_line_and_traceback_on_request(tmp
     monkeypatch.setattr(samkit.cli, "train", broken)
     assert main(["train", *SMALL, "--out", str(tmp_path / "r")]) == 2
     assert _one_line(capsys, "samkit train: error: ") == "samkit train: error: a value deep inside\n"
-    monkeypatch.setenv("SAMKIT_TRACEBACK", "1")
-    with pytest.raises(ValueError, match="a value deep inside"):
-        main(["train", *SMALL, "--out", str(tmp_path / "r")])
+    monkeypatch.setenv("SAMKIT_TRACEBACK", "1")  # the traceback, and the same exit code (it used to turn into 1)
+    assert main(["train", *SMALL, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: a value deep inside" in err
+    assert err.rstrip().endswith("samkit train: error: a value deep inside")
 
 
 def test_resume_from_a_checkpoint_that_does_not_fit_the_model(tmp_path, capsys):

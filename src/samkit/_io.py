@@ -23,7 +23,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_write_text", "write_csv", "csv_text", "jsonable"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_text",
+    "write_csv",
+    "csv_text",
+    "jsonable",
+    "UnsafePathError",
+    "refuse_links",
+    "claim_folder",
+    "MARKER",
+]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None], *, suffix: str = ".tmp") -> None:
@@ -37,9 +47,14 @@ def atomic_write(path: str | Path, write: Callable[[str], None], *, suffix: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp_file(path, suffix)
     try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        try:
+            write(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        except OSError as err:  # disk full, quota, file size limit: name the file being written
+            if err.filename is None and err.errno is not None:
+                raise OSError(err.errno, err.strerror, str(path)) from err
+            raise
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -124,3 +139,81 @@ def jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy arrays, torch tensors
         return jsonable(obj.tolist())
     return obj
+
+
+class UnsafePathError(ValueError):
+    """A results folder samkit would write into (or read from) holds a symbolic link, or files samkit did not write:
+    following it could read, overwrite or delete files outside the folder the user named."""
+
+
+def refuse_links(root: str | Path, inside: str | Path | None = None) -> None:
+    """Raise :class:`UnsafePathError` when ``inside`` (default ``root``) or anything under it, or any folder between
+    ``root`` and ``inside``, is a symbolic link. ``root`` itself may be a link (the user named it); what samkit finds
+    inside it may not: a shared results folder must not be able to send samkit's writes, deletes or reads elsewhere.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> (d / "E4" / "data").mkdir(parents=True)
+    >>> refuse_links(d)
+    >>> (d / "E4" / "figures").symlink_to("/tmp")
+    >>> refuse_links(d)
+    Traceback (most recent call last):
+    ...
+    samkit._io.UnsafePathError: ... is a symbolic link (to '/tmp'); samkit does not follow links inside a results folder: remove it
+    """
+    root = Path(root)
+    target = Path(inside) if inside is not None else root
+    rel = target.relative_to(root) if target != root else Path()
+    walk = root
+    for part in rel.parts:
+        walk = walk / part
+        if walk.is_symlink():
+            _link_error(walk)
+    if not target.exists() or not target.is_dir() or (target != root and target.is_symlink()):
+        return
+    for dirpath, dirnames, filenames in os.walk(target, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                _link_error(path)
+
+
+def _link_error(path: Path) -> None:
+    raise UnsafePathError(
+        f"{str(path)!r} is a symbolic link (to {os.readlink(path)!r}); samkit does not follow links inside a results "
+        "folder: remove it"
+    )
+
+
+#: The file samkit leaves in every folder it writes results into: a later run may write there again.
+MARKER = ".samkit"
+
+
+def claim_folder(folder: str | Path, *, ours: Callable[[Path], bool], what: str) -> Path:
+    """Make ``folder`` samkit's to write into, or refuse it: a new or empty folder, or one that holds samkit's
+    :data:`MARKER`, or one whose every entry ``ours(path)`` recognises as samkit's own (a folder written by an older
+    samkit), is marked and returned; a folder holding anything else (``--out .`` in a project, a home folder) raises
+    :class:`UnsafePathError`, so samkit never overwrites a file it did not write. Links inside are refused
+    (:func:`refuse_links`)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UnsafePathError(f"{what} {str(folder)!r} exists and is not a folder: choose a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / MARKER
+    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+        raise UnsafePathError(f"{str(marker)!r} is not samkit's marker file: remove it")
+    entries = [p for p in folder.iterdir() if p.name != MARKER]
+    if not marker.exists():
+        foreign = sorted(p.name for p in entries if p.is_symlink() or not ours(p))
+        if foreign:
+            shown = ", ".join(repr(n) for n in foreign[:3]) + (
+                f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            )
+            raise UnsafePathError(
+                f"{what} {str(folder)!r} holds files samkit did not write ({shown}): samkit writes only into a new or "
+                "empty folder, or one it wrote before; choose another folder, e.g. a new subfolder"
+            )
+    refuse_links(folder)
+    if not marker.exists():
+        atomic_write_text(marker, f"samkit writes {what} here; files in this folder may be replaced by samkit.\n")
+    return folder

@@ -18,10 +18,10 @@ interrupted run resumes. Units run on ``--jobs`` local processes (default: every
 Exit codes (every command; ``samkit --help`` lists them too): 0 success (every claim PASSes); 1 a claim did not
 pass (FAIL, INCONCLUSIVE or NOT EXERCISED); 2 bad usage or configuration (unknown experiment or key, a value out of range, an
 unwritable folder, a bad training flag, a checkpoint or data file that cannot be trusted); 3 a runtime failure (a
-unit raised, an experiment could not run, damaged or edited result files, a file could not be written); 130 interrupted
-(rerun to resume). ``train`` exits with 0 when the run completed or diverged (divergence is a result). Every error
-is one line on stderr, ``samkit: error: ...`` (``samkit train: error: ...`` for ``train``); ``SAMKIT_TRACEBACK=1``
-shows the traceback instead.
+unit raised, an experiment could not run, damaged or edited result files, a file could not be written, out of memory,
+any unexpected error); 130 interrupted (rerun to resume). ``train`` exits with 0 when the run completed or diverged
+(divergence is a result). Every error is one line on stderr, ``samkit: error: ...`` (``samkit train: error: ...``
+for ``train``); ``SAMKIT_TRACEBACK=1`` shows the traceback as well, with the same exit code.
 
 >>> args = build_parser().parse_args(["train", "--optimizer", "usam", "--rho", "0.1", "--schedule", "decay"])
 >>> cfg = train_config(args)
@@ -37,6 +37,7 @@ import dataclasses
 import os
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,13 @@ import samkit
 from samkit.data import DATASETS
 from samkit.experiments import describe, get, names
 from samkit.experiments.base import PRESETS, ConfigError
-from samkit.experiments.executors import Executor, RayMissingError, make_executor
+from samkit.experiments.executors import Executor, RayMissingError, default_jobs, make_executor
 from samkit.experiments.runner import (
     DamagedDataError,
     Failure,
     UnitError,
     check_gpu_request,
+    claim_results_folder,
     ensure_writable,
     finalize,
     folder_lock,
@@ -59,9 +61,10 @@ from samkit.experiments.runner import (
 )
 from samkit.models import MODELS
 from samkit.report import collect, summary, write_report
-from samkit.sweep import SweepRun, expand_grid, run_name, run_sweep
+from samkit.sweep import SweepRun, claim_sweep_folder, expand_grid, run_name, run_sweep
 from samkit.train import TrainConfig, train
 from samkit.train.config import DEVICES, GSAM_ALPHA, OPTIMIZERS, PERTURBATIONS, SCHEDULES
+from samkit.train.records import Records
 
 __all__ = ["main", "build_parser", "train_config"]
 
@@ -87,9 +90,10 @@ _EXIT_CODES = """exit codes (every command):
   0    success: every claim PASSes (train: the run completed, or diverged: divergence is a result)
   1    a claim did not pass (FAIL, INCONCLUSIVE or NOT EXERCISED)
   2    bad usage or configuration: unknown experiment or key, a value out of range, an unwritable
-       folder, a bad training flag, a checkpoint or data file that cannot be trusted (one line on stderr)
+       folder or one holding files samkit did not write, a link inside a results folder, a bad training
+       flag, a checkpoint or data file that cannot be trusted (one line on stderr)
   3    a runtime failure: a unit raised, an experiment could not run, damaged or edited result files, a file
-       could not be written (one line on stderr)
+       could not be written, out of memory, any unexpected error (one line on stderr)
   130  interrupted: rerun the same command to resume"""
 
 
@@ -183,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _folder(text: str) -> str:
     """An output folder flag: any path but the empty one (which would mean the current folder, silently)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty (write . for the current folder)")
+        raise argparse.ArgumentTypeError("must not be empty (name a new folder, e.g. results)")
     return text
 
 
@@ -234,8 +238,13 @@ def _executor(args: argparse.Namespace) -> Executor:
         raise ConfigError("--address and --gpus-per-unit need --executor ray")
     if not (0.0 <= args.gpus_per_unit) or args.gpus_per_unit != args.gpus_per_unit:
         raise ConfigError(f"--gpus-per-unit must be a number >= 0, got {args.gpus_per_unit}")
+    jobs = args.jobs
+    cores = default_jobs()
+    if args.executor != "ray" and jobs is not None and jobs > cores:
+        sys.stderr.write(f"samkit: warning: --jobs {jobs} is more than the {cores} cores here: using {cores}\n")
+        jobs = cores
     try:
-        return make_executor(args.executor, args.jobs, args.address)
+        return make_executor(args.executor, jobs, args.address)
     except RayMissingError as err:
         raise ConfigError(str(err)) from None
     except ConnectionError as err:
@@ -352,6 +361,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg.validate()  # bad flags before any folder is made
     main_rank = int(os.environ.get("RANK", "0")) == 0
     out = ensure_writable(Path(cfg.out))
+    if main_rank:
+        Records(cfg.out).claim()  # the run's folder, or refused, before the lock file is made in it
     # a second `samkit train` on the same --out is refused at once (the lock dies with its process)
     with folder_lock(out) if main_rank else contextlib.nullcontext():
         result = train(cfg, resume=args.resume)
@@ -388,9 +399,12 @@ def _run(
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     exps = [get(n) for n in experiments]
+    _warn_repeated(overrides)
     device = [f"device={args.device}"] if args.device else []
     per_exp = [[*overrides, *(device if "device" in e.schema else [])] for e in exps]
     configs = [e.config(preset, o) for e, o in zip(exps, per_exp)]  # validate every override before any work
+    if args.executor != "ray":  # a Ray cluster's workers may have GPUs this machine has not
+        _check_local_device(exps, configs)
     ensure_writable(out)
     t0 = time.perf_counter()
 
@@ -417,10 +431,36 @@ def _run(
     return _exit_code(results, failures)
 
 
+def _warn_repeated(overrides: Sequence[str]) -> None:
+    """Warn about a ``--set`` key given twice (the last value wins, as in every other tool, but say so)."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key in seen and seen[key] != value:
+            sys.stderr.write(
+                f"samkit: warning: --set {key} given twice ({seen[key]!r}, then {value!r}): using {value!r}\n"
+            )
+        seen[key] = value
+
+
+def _check_local_device(exps: Sequence[Any], configs: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse ``device=cuda`` before any unit starts when this machine has no CUDA device."""
+    wanted = [e.name for e, c in zip(exps, configs) if str(c.get("device", "cpu")).startswith("cuda")]
+    if wanted:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{', '.join(wanted)}: device=cuda but torch sees no CUDA device on this machine; use --device cpu, "
+                "or --executor ray with a cluster that has GPUs"
+            )
+
+
 def _report(directory: Path) -> int:
     if not directory.is_dir():
         raise ConfigError(f"no such results directory {str(directory)!r}")
-    ensure_writable(directory)
+    claim_results_folder(ensure_writable(directory))  # never overwrite a README.md samkit did not write
     dirs = sorted({p.parent for n in ("config.json", "result.json", "failure.json") for p in directory.glob(f"*/{n}")})
     if not dirs:
         raise ConfigError(f"{str(directory)!r} holds no experiment results (run `samkit reproduce --out DIR` first)")
@@ -465,7 +505,7 @@ def _sweep(args: argparse.Namespace) -> int:
     for point in expand_grid(grid):
         cfg = TrainConfig(**fixed, **point, progress=False, quiet=True)
         runs.append(SweepRun(run_name(point), point, cfg))
-    out = ensure_writable(Path(args.out))
+    out = claim_sweep_folder(ensure_writable(Path(args.out)))
     with folder_lock(out), _executor(args) as executor:
         rows = run_sweep(runs, out, executor, progress=not args.no_progress, gpus_per_run=args.gpus_per_unit)
     bad = [r for r in rows if r["status"] == "failed"]
@@ -503,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Every error is one line on stderr: ``samkit: error: ...`` (``samkit train: error: ...`` for ``samkit
     train``), without a traceback. Set ``SAMKIT_TRACEBACK=1`` to see the traceback of a runtime error.
     """
+    _safe_streams()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # a usage error (already printed), --help or --version
@@ -522,6 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
     except (UnitError, DamagedDataError) as err:
         return _fail(args, str(err), 3)
+    except UnicodeError as err:  # a file that is not the text samkit wrote: damaged, not a usage error
+        return _fail(args, f"a file could not be decoded ({err})", 3)
     except ValueError as err:  # ConfigError, TrainError, DataError, and a bad value caught deeper down
         return _fail(args, str(err), 2)
     except OSError as err:  # a file that could not be written or read mid-run (disk full, permissions, ...)
@@ -530,15 +573,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "with --resume to continue" if args.command == "train" else "to resume from the finished units"
         sys.stderr.write(f"{_prog(args)}: interrupted; rerun the same command {how}\n")
         return 130
+    except MemoryError:
+        return _fail(args, "out of memory: choose smaller sizes (fewer grid points, a smaller batch or model)", 3)
+    except Exception as err:  # noqa: BLE001 - an unexpected failure is a runtime error (3), never a claim (1)
+        return _fail(args, f"unexpected {type(err).__name__}: {err} (SAMKIT_TRACEBACK=1 shows where)", 3)
     return 2
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """Print the error as one line (after its traceback under ``SAMKIT_TRACEBACK=1``) and return ``code``: the exit
+    code means the same with or without the traceback."""
     if os.environ.get("SAMKIT_TRACEBACK"):
-        raise  # the exception being handled, with its traceback
+        traceback.print_exc()
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
     sys.stderr.write(f"{_prog(args)}: error: {first}\n")
     return code
+
+
+def _safe_streams() -> None:
+    """Under a locale whose encoding cannot write ρ, λ or ‖·‖ (``LANG=C`` with an ASCII encoding), print them
+    escaped instead of crashing after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if enc not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,7 +43,7 @@ def _data(d: Path) -> dict[str, bytes]:
 
 
 def _leftovers(d: Path) -> list[str]:
-    return [str(p) for p in d.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
+    return [str(p) for p in d.rglob("*") if p.name.startswith(".") and p.name not in (".lock", ".samkit")]
 
 
 @pytest.mark.parametrize("name", ["E1", "E7"])
@@ -66,8 +66,8 @@ def test_pool_really_runs_units_in_parallel_worker_processes(squares, tmp_path, 
     meet.mkdir()
     monkeypatch.setenv("SAMKIT_TEST_RENDEZVOUS", str(meet))  # a unit waits until a second process runs one too
     with PoolExecutor(2) as pool:
-        run_experiment(squares, "quick", tmp_path, progress=False, executor=pool)
-    pids = {read_json(p)["result"]["pid"] for p in (tmp_path / "SQUARES" / "units").glob("*.json")}
+        run_experiment(squares, "quick", tmp_path / "out", progress=False, executor=pool)
+    pids = {read_json(p)["result"]["pid"] for p in (tmp_path / "out" / "SQUARES" / "units").glob("*.json")}
     assert os.getpid() not in pids and len(pids) == 2
     assert len(os.listdir(meet)) == 2  # two worker processes were inside units at the same time
 

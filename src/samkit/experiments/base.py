@@ -25,6 +25,7 @@ import csv
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,6 +115,9 @@ def parse_value(text: str, like: Any, key: str = "value") -> Any:
     samkit.experiments.base.ConfigError: steps: expected an integer, got '1.5'
     """
     text = text.strip()
+    if isinstance(like, (int, float)) and not isinstance(like, bool) and not text.isascii():
+        # int() and float() read any script's digits ("١٢", full-width "１２"): a typo that should not pass unseen
+        raise ConfigError(f"{key}: expected a number written in ASCII digits, got {text!r}")
     if isinstance(like, bool):
         low = text.lower()
         if low in _TRUE:
@@ -230,6 +234,12 @@ class Param:
                 _checks.number(value, key, minimum=self.min, maximum=hi, strict=self.strict)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        if kind is int and not isinstance(value, bool) and isinstance(value, int) and abs(value) >= 2**63:
+            raise ConfigError(f"{key} must fit in a 64-bit integer (|value| < 2^63), got {value!r}")
+        if kind is float and isinstance(value, (int, float)) and 0 < abs(value) < sys.float_info.min:
+            raise ConfigError(
+                f"{key} must be 0 or at least {sys.float_info.min:.3g} in size (a normal float64), got {value!r}"
+            )
         if kind is bool and not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         if kind is str:

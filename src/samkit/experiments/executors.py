@@ -33,6 +33,7 @@ import importlib.util
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -188,10 +189,27 @@ def portable(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def _worker_init() -> None:
+def _worker_init(driver: int | None = None) -> None:
     # Ctrl-C reaches the whole process group: the driver stops the workers itself, so they ignore SIGINT
     # (no traceback from every worker).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's first bar makes a multiprocessing lock; a worker killed on Ctrl-C never releases it (the resource
+    # tracker then warns of a "leaked semaphore"). Workers show no bars to share a lock with.
+    with contextlib.suppress(ImportError):
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
+    if driver is not None:
+        threading.Thread(target=_exit_with_driver, args=(driver,), name="samkit-driver-watch", daemon=True).start()
+
+
+def _exit_with_driver(driver: int, every: float = 0.2) -> None:
+    """End this worker as soon as its driver is gone (``kill -9`` of ``samkit run`` or ``sweep``): it would otherwise
+    go on computing units nobody will collect, holding memory, while a rerun computes the same units again.
+    A process whose parent dies is re-parented, so ``getppid()`` changes; polling it works on every POSIX system."""
+    while os.getppid() == driver:
+        time.sleep(every)
+    os._exit(70)
 
 
 class PoolExecutor(Executor):
@@ -212,7 +230,7 @@ class PoolExecutor(Executor):
 
     def _new_pool(self, n: int) -> cf.ProcessPoolExecutor:
         ctx = multiprocessing.get_context("spawn")
-        return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init)
+        return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
 
     def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
         local = [t for t in tasks if not portable(t.fn)]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import fcntl
 import hashlib
 import importlib.util
@@ -35,6 +36,8 @@ import json
 import os
 import platform
 import re
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -44,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samkit._io import atomic_write_text, csv_text, write_csv
+from samkit._io import UnsafePathError, atomic_write_text, claim_folder, csv_text, write_csv
 from samkit._progress import Progress, slots
 from samkit.experiments.base import (
     Claim,
@@ -83,6 +86,7 @@ __all__ = [
     "LockedError",
     "DamagedDataError",
     "result_digest",
+    "claim_results_folder",
 ]
 
 
@@ -102,9 +106,19 @@ def read_json(path: Path) -> Any:
         raise ConfigError(f"{str(path)!r} is not readable JSON ({type(err).__name__}: {err})") from None
 
 
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+def _git_commit(module: str | Path = __file__) -> str | None:
+    """The commit of the samkit checkout this module runs from (``-dirty`` with local changes), or None — also when
+    the installed package merely lies inside some other repository (a virtualenv in a project): then this file is
+    not tracked there and the commit would be that project's, not samkit's."""
+    here = Path(module).resolve().parent
     try:
+        subprocess.run(
+            ["git", "ls-files", "--error-unmatch", Path(module).name],
+            cwd=here,
+            capture_output=True,
+            timeout=5,
+            check=True,
+        )
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
@@ -258,9 +272,21 @@ def safe_name(key: str) -> str:
     return name[:120] or "_"
 
 
+#: The system's limit on a path's length, and the longest path samkit writes inside an output directory (an
+#: experiment folder, ``units/``, a unit file named by its key — at most 120 characters — and its hash).
+_PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+_LONGEST_INSIDE = 256
+
+
 def ensure_writable(out: Path) -> Path:
     """Create ``out`` if needed and check that files can be written there; raise :class:`ConfigError` if not."""
     out = Path(out)
+    longest = len(os.fsencode(os.path.abspath(out))) + _LONGEST_INSIDE
+    if longest > _PATH_MAX:
+        raise ConfigError(
+            f"the output directory's path is too long ({len(os.fsencode(os.path.abspath(out)))} bytes): the files "
+            f"samkit writes inside it would pass the system's limit of {_PATH_MAX} bytes; choose a shorter path"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.")
@@ -298,7 +324,18 @@ def folder_lock(exp_dir: Path) -> Iterator[None]:
     """
     exp_dir.mkdir(parents=True, exist_ok=True)
     path = exp_dir / ".lock"
-    fh = open(path, "a+")  # noqa: SIM115 - held open while locked
+    try:  # never through a link: a planted `.lock -> ~/notes.txt` must not make samkit truncate the user's file
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as err:
+        if path.is_symlink() or err.errno == errno.ELOOP:
+            raise UnsafePathError(
+                f"{str(path)!r} is a symbolic link; samkit does not follow links inside a results folder: remove it"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"{str(path)!r} is not a regular file: remove it")
+    fh = os.fdopen(fd, "r+")
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -415,6 +452,37 @@ def run_experiment(
     return results[0]
 
 
+#: The most values one list of a unit's parameters may hold, and the most (η, ρ, …) combinations the two longest
+#: lists of a unit may span: 66× the largest of any built-in preset (150 values, a 150 × 101 grid). Beyond them the
+#: memory a unit needs (every recorded step of every combination, and the tables built from them) is out of reach
+#: of any one machine: refused before any work instead of failing after minutes with tens of gigabytes allocated.
+MAX_LIST = 10_000
+MAX_GRID = 1_000_000
+
+
+def check_sizes(name: str, units: Sequence[Unit]) -> None:
+    """Refuse units whose grids are obviously out of memory's reach (:data:`MAX_LIST`, :data:`MAX_GRID`).
+
+    >>> check_sizes("E4", [Unit("u", {"rhos": list(range(20_000))})])
+    Traceback (most recent call last):
+    ...
+    samkit.experiments.base.ConfigError: E4: unit 'u' would take 20000 values of rhos; at most 10000 per list (and 1000000 grid points per unit) are accepted: memory out of reach, use a smaller grid
+    """
+    for u in units:
+        lengths = sorted(((len(v), k) for k, v in u.params.items() if isinstance(v, (list, tuple))), reverse=True)
+        if not lengths:
+            continue
+        grid = lengths[0][0] * (lengths[1][0] if len(lengths) > 1 else 1)
+        if lengths[0][0] > MAX_LIST or grid > MAX_GRID:
+            what = f"{lengths[0][0]} values of {lengths[0][1]}"
+            if grid > MAX_GRID:
+                what = f"a grid of {lengths[0][0]} × {lengths[1][0]} ({lengths[0][1]} × {lengths[1][1]})"
+            raise ConfigError(
+                f"{name}: unit {u.key!r} would take {what}; at most {MAX_LIST} per list (and {MAX_GRID} grid points "
+                "per unit) are accepted: memory out of reach, use a smaller grid"
+            )
+
+
 def check_gpu_request(plan: Sequence[tuple[Experiment, str, Sequence[str], Mapping[str, Any]]], gpus: float) -> None:
     """Refuse GPUs asked for training units that would train on the CPU (they would hold GPUs and not use them).
 
@@ -456,7 +524,7 @@ def run_experiments(
     units are kept, so a rerun resumes. ``gpus_per_unit`` is added to the resource requests of the units of
     experiments that train on a torch device (:attr:`Experiment.device_units`), for executors that schedule GPUs.
     """
-    out = ensure_writable(Path(out))
+    out = claim_results_folder(ensure_writable(Path(out)))
     executor = executor or InlineExecutor()
     planned: list[Planned] = []
     failures: list[Failure] = []
@@ -478,6 +546,7 @@ def run_experiments(
         for p in planned:
             p.t0 = time.perf_counter()
             p.units = p.exp.units(p.config)
+            check_sizes(p.exp.name, p.units)
             keys = [u.key for u in p.units]
             if len(set(keys)) != len(keys):
                 raise RuntimeError(f"{p.exp.name}: duplicate unit keys")
@@ -575,16 +644,18 @@ def _complete(
         return
     ordered = {u.key: p.results[u.key] for u in p.units}  # unit order, not completion order
     tables = p.exp.tables(p.config, ordered)
+    # Everything new is written beside the old results, in EXP/.commit/, and switched over only once it is all
+    # there: a failed write (disk full, a quota, a crash) leaves the previous results as they were, judged as before.
+    new = p.exp_dir / _STAGING
+    if new.exists():
+        shutil.rmtree(new)
     manifest = {}
     for name, rows in tables.items():
         text = csv_text(rows)
-        atomic_write_text(p.exp_dir / "data" / f"{safe_name(name)}.csv", text)
+        atomic_write_text(new / "data" / f"{safe_name(name)}.csv", text)
         manifest[f"{safe_name(name)}.csv"] = {"rows": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
-    for stale in (p.exp_dir / "data").glob("*.csv"):
-        if stale.name not in manifest:
-            stale.unlink()
     write_json(
-        p.exp_dir / "config.json",
+        new / "config.json",
         {
             "experiment": p.exp.name,
             "preset": p.preset,
@@ -594,21 +665,64 @@ def _complete(
             "tables": manifest,
         },
     )
+    run_info = {
+        "units": len(p.units),
+        "units_cached": p.cached,
+        "seconds": round(time.perf_counter() - p.t0, 2),
+        "unit_seconds": round(p.unit_seconds, 2),
+    }
+    res = finalize(p.exp, new, run_info=run_info)
+    _switch_over(new, p.exp_dir)
     with contextlib.suppress(FileNotFoundError):
         (p.exp_dir / "failure.json").unlink()
-    res = finalize(
-        p.exp,
-        p.exp_dir,
-        run_info={
-            "units": len(p.units),
-            "units_cached": p.cached,
-            "seconds": round(time.perf_counter() - p.t0, 2),
-            "unit_seconds": round(p.unit_seconds, 2),
-        },
-    )
     results.append(res)
     if on_result is not None:
         on_result(res)
+
+
+#: Where a run writes an experiment's new tables, config, figures and result before switching them in.
+_STAGING = ".commit"
+#: What a committed experiment folder holds besides its units (replaced as a whole by :func:`_switch_over`).
+_COMMITTED = ("data", "figures", "result.json", "config.json")
+
+
+def _switch_over(new: Path, exp_dir: Path) -> None:
+    """Move the complete new outputs in ``new`` into ``exp_dir``, the old ones aside first (then deleted); the config
+    (the commit point that names the tables and their checksums) goes last. Renames within one folder need no space,
+    so once everything was written this cannot fail half-way for want of it."""
+    old = exp_dir / ".old"
+    if old.exists():
+        shutil.rmtree(old)
+    old.mkdir()
+    for name in _COMMITTED:
+        dest = exp_dir / name
+        if dest.exists() or dest.is_symlink():
+            os.replace(dest, old / name)
+        if (new / name).exists():
+            os.replace(new / name, dest)
+    shutil.rmtree(old)
+    shutil.rmtree(new)
+
+
+def _is_results_entry(path: Path) -> bool:
+    """Whether ``path``, an entry of a results folder with no :data:`~samkit._io.MARKER`, was written by samkit (a
+    folder from before the marker): an experiment folder, or the report's files."""
+    if path.is_dir():
+        return any((path / n).exists() for n in ("config.json", "result.json", "failure.json", "units", ".lock"))
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError:
+        return False
+    if path.name == "README.md":
+        return head.startswith(b"# samkit")
+    if path.name == "index.html":
+        return b"samkit" in head
+    return path.name == "claims.json" and b'"claims"' in head
+
+
+def claim_results_folder(out: Path) -> Path:
+    """:func:`~samkit._io.claim_folder` for a results folder (``run``, ``reproduce``, ``report``)."""
+    return claim_folder(out, ours=_is_results_entry, what="results folder")
 
 
 class DamagedDataError(ConfigError):
