@@ -1,14 +1,20 @@
 """``samkit sweep``: a grid of ``samkit train`` runs as work units, then one table and one figure to choose ρ.
 
 Each grid point is one training run in its own folder ``OUT/runs/NAME`` (``NAME`` spells the flags that vary, e.g.
-``optimizer=sam,rho=0.1,seed=0``). Runs go through the same executors as ``samkit reproduce`` (this process, a local
+``optimizer=sam,rho=0.1,seed=0``; every value exactly, so two values never share a folder). A setting only one
+optimizer takes (``lam``: unified, ``gsam_alpha``: gsam) applies to the runs of that optimizer; the sweep refuses it
+only when no run uses it. Runs go through the same executors as ``samkit reproduce`` (this process, a local
 process pool, a Ray cluster); a run folder is written only by the run that owns it, and a rerun of the sweep resumes
 every unfinished run from its last checkpoint and skips the finished ones. Once every run is in, the driver writes
 
-* ``OUT/sweep.csv`` — one row per run: the flags that vary, the final test accuracy and losses, the mean and last
-  ‖g‖ and ‖ε‖ over training, the status (``completed`` / ``diverged`` / ``failed``) and the run folder;
+* ``OUT/sweep.csv`` — one row per run: the flags that vary (floats exactly, as ``repr`` writes them), the final
+  test accuracy and losses, the mean and last ‖g‖ and ‖ε‖ over training, the status (``completed`` /
+  ``diverged`` / ``failed``) and the run folder;
 * ``OUT/sweep.png`` — final test accuracy against ρ per optimizer, and against the realised mean ‖ε‖ (the fair
   comparison between SAM, whose ‖ε‖ is ρ, and USAM, whose ‖ε‖ is ρ‖g‖).
+
+``OUT`` and every run folder must be new, empty, or samkit's (:func:`samkit._io.claim_folder`): a folder holding
+files samkit did not write is refused before any run starts.
 
 Example:
     >>> grid = expand_grid({"optimizer": ["sam", "usam"], "rho": [0.01, 0.1]})
@@ -19,19 +25,23 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from samkit._io import atomic_write_text, csv_text
+from samkit._io import MARKER, atomic_write_text, claim_folder, csv_text
 from samkit._progress import Progress, slots
 from samkit.experiments.executors import Executor, InlineExecutor, Task, unit_threads
 from samkit.experiments.runner import safe_name
 from samkit.train import TrainConfig, TrainError, train
+from samkit.train.config import ONLY_FOR
+from samkit.train.records import is_run_entry
 
-__all__ = ["expand_grid", "run_name", "run_sweep", "SweepRun", "plot_sweep"]
+__all__ = ["expand_grid", "run_name", "run_sweep", "SweepRun", "plot_sweep", "claim_sweep_folder"]
 
 
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -48,12 +58,39 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    """A value as a run's name spells it: a float exactly (``:g`` where that reads back as the same float, as
+    earlier sweeps named their runs, else the shortest text that does: ``repr``).
+
+    >>> _fmt(0.05), _fmt(100.0), _fmt(1234567.0), _fmt(0.0500000001)
+    ('0.05', '100', '1234567.0', '0.0500000001')
+    """
+    if isinstance(v, float):
+        short = f"{v:g}"
+        return short if float(short) == v else repr(v)
+    return str(v)
+
+
+#: The longest run name (:func:`samkit.experiments.runner.safe_name`'s limit).
+_NAME_MAX = 120
 
 
 def run_name(point: Mapping[str, Any]) -> str:
-    """The folder name of a grid point: ``key=value`` pairs joined by commas, made file-name safe."""
-    return safe_name(",".join(f"{k}={_fmt(v)}" for k, v in point.items())) if point else "run"
+    """The folder name of a grid point: ``key=value`` pairs joined by commas, made file-name safe.
+
+    Distinct points get distinct names: a name that had to be changed to be safe (characters replaced, or cut to
+    120 characters) ends with a hash of the exact text.
+
+    >>> run_name({"rho": 0.1, "seed": 0}), run_name({"data_dir": "a/b"})
+    ('rho=0.1,seed=0', 'data_dir=a_b-16db84ffb045')
+    """
+    if not point:
+        return "run"
+    text = ",".join(f"{k}={_fmt(v)}" for k, v in point.items())
+    name = safe_name(text)
+    if name == text:
+        return name
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return safe_name(f"{name[: _NAME_MAX - len(digest) - 1]}-{digest}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +100,80 @@ class SweepRun:
     name: str
     point: dict[str, Any]
     config: TrainConfig
+
+
+def _only_where_used(runs: Sequence[SweepRun]) -> list[SweepRun]:
+    """The runs with each setting only one optimizer takes (:data:`~samkit.train.config.ONLY_FOR`: ``lam``,
+    ``gsam_alpha``) dropped from the runs of the other optimizers, when some run of the sweep takes it; a run that
+    then repeats an earlier one (a swept ``lam`` on a ``sam`` run) is left out. When no run takes the setting it is
+    kept, and the config's check refuses it as for a single run."""
+    optimizers = {r.config.optimizer for r in runs}
+    for key, owner in ONLY_FOR.items():
+        if len(optimizers) > 1 and owner not in optimizers and any(getattr(r.config, key) is not None for r in runs):
+            flag = "--" + key.replace("_", "-")
+            raise TrainError(
+                f"{flag} is only used with --optimizer {owner}, and no run of the sweep uses it "
+                f"(--optimizer {','.join(sorted(optimizers))}): add {owner} to --optimizer or leave {flag} out"
+            )
+    kept: list[SweepRun] = []
+    seen: dict[str, TrainConfig] = {}
+    for r in runs:
+        cfg, point, renamed = r.config, dict(r.point), False
+        for key, owner in ONLY_FOR.items():
+            if getattr(cfg, key) is not None and cfg.optimizer != owner and owner in optimizers:
+                cfg = dataclasses.replace(cfg, **{key: None})
+                renamed |= point.pop(key, None) is not None
+        name = run_name(point) if renamed else r.name
+        if name in seen and seen[name] == cfg:
+            continue  # the same run as one before
+        seen.setdefault(name, cfg)
+        kept.append(r if cfg is r.config else SweepRun(name, point, cfg))
+    return kept
+
+
+_SWEEP_TEMP = re.compile(r"\.sweep\.(?:csv\.[0-9a-f]{12}\.tmp|png\.[0-9a-f]{12}\.png)")
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A folder of ``OUT/runs`` a sweep wrote: marked, or holding only a training run's files."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return (path / MARKER).is_file() or all(is_run_entry(p) for p in path.iterdir())
+
+
+def _is_sweep_entry(path: Path) -> bool:
+    """Whether ``path``, an entry of a sweep folder without samkit's marker (written before the marker existed), is
+    one a sweep writes: ``runs/`` (of run folders), ``sweep.csv``, ``sweep.png``, the CLI's ``.lock``, or a
+    temporary file of an atomic write."""
+    name = path.name
+    if path.is_symlink():
+        return False
+    if name == "runs":
+        return path.is_dir() and ((path / MARKER).is_file() or all(_is_run_folder(p) for p in path.iterdir()))
+    if name == ".lock" or _SWEEP_TEMP.fullmatch(name):
+        return path.is_file()
+    if name not in ("sweep.csv", "sweep.png") or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    return head.startswith(b"run," if name == "sweep.csv" else b"\x89PNG")
+
+
+def claim_sweep_folder(out: str | Path) -> Path:
+    """Make ``OUT`` a sweep's folder, or refuse it (:func:`samkit._io.claim_folder`): new, empty, marked, or holding
+    only what a sweep writes (``runs/`` of run folders, ``sweep.csv``, ``sweep.png``); links below it are refused.
+    Raises :class:`samkit._io.UnsafePathError` (a ``ValueError``)."""
+    return claim_folder(out, ours=_is_sweep_entry, what="the sweep")
+
+
+def _claim_folders(out: Path, names: Sequence[str]) -> None:
+    """Make ``OUT`` and each run's folder samkit's, or refuse them (before any run starts)."""
+    claim_sweep_folder(out)
+    for name in names:
+        claim_folder(out / "runs" / name, ours=is_run_entry, what="the run")
 
 
 def _train_unit(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,10 +216,13 @@ def run_sweep(
     """Run every :class:`SweepRun` (each into ``OUT/runs/NAME``), then write ``sweep.csv`` and ``sweep.png``.
 
     Returns the rows of ``sweep.csv``. A run that raised gets status ``failed`` (its error is printed); the others
-    still finish. Every config is validated before the first run starts. ``gpus_per_run`` is each run's GPU request
+    still finish. Every config is validated, and every folder claimed, before the first run starts. ``lam`` and
+    ``gsam_alpha`` apply only to the runs of the optimizer that takes them (a run they would only rename is left
+    out), and are refused only when no run takes them. ``gpus_per_run`` is each run's GPU request
     on executors that schedule GPUs (Ray); a run picks the device it is given (``device="auto"``).
     """
     out = Path(out)
+    runs = _only_where_used(runs)
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise TrainError("the sweep has two runs with the same flags")
@@ -124,6 +238,7 @@ def run_sweep(
         cfg.validate()
         needs = {"num_cpus": 1, **({"num_gpus": gpus_per_run} if gpus_per_run else {})}
         tasks.append(Task("sweep", r.name, dataclasses.asdict(cfg), _train_unit, needs))
+    _claim_folders(out, names)
     executor = executor or InlineExecutor()
     by_name = {r.name: r for r in runs}
     results: dict[str, dict[str, Any]] = {}
@@ -144,7 +259,7 @@ def run_sweep(
     rows = []
     for name in names:  # grid order, whatever the completion order
         r = by_name[name]
-        row: dict[str, Any] = {"run": name, **{k: _fmt(v) if isinstance(v, float) else v for k, v in r.point.items()}}
+        row: dict[str, Any] = {"run": name, **r.point}  # floats as they are: sweep.csv writes them exactly
         for key in ("optimizer", "rho", "lr", "seed"):
             row.setdefault(key, getattr(r.config, key))
         res = results[name]

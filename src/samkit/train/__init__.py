@@ -11,11 +11,18 @@ One command, resumable and reproducible::
 
 * ``metrics.csv``: one row per epoch: learning rate, train loss and accuracy (averaged over the epoch's
   steps, at the unperturbed weights), test loss and accuracy, mean ‖g‖ and ‖ε‖ over the epoch, the top Hessian
-  eigenvalue (every ``--sharpness-every`` epochs, by Lanczos on a fixed set of training batches), seconds;
-* ``checkpoint.pt``: model, optimizer and RNG state after every epoch (written atomically, read back with
-  ``torch.load(weights_only=True)``: a checkpoint that would run code is refused);
+  eigenvalue (every ``--sharpness-every`` epochs, by Lanczos on a fixed set of training batches), seconds
+  (each epoch appends its row: an epoch's writes do not grow with the run's length);
+* ``checkpoint.pt``: model, optimizer and RNG state after every epoch, and how much of ``metrics.csv`` it covers
+  (written atomically, read back with ``torch.load(weights_only=True)``: a checkpoint that would run code is
+  refused);
 * ``summary.json``: ``status`` (``"running"``, ``"completed"`` or ``"diverged"``), the epoch and step where a
-  run diverged, the final metrics and the config.
+  run diverged, the final metrics and the config; once the run has ended, also its ``history`` (every row).
+
+``--out`` must be a new or empty folder, or a run's folder (samkit marks it with a ``.samkit`` file): a folder
+holding other files is refused, so a run never overwrites a file samkit did not write. Values that cannot fit
+the machine are refused before any work: ``--momentum`` outside [0, 1), more than a million ``--epochs``, and
+images, batches or synthetic data too large for its memory.
 
 A non-finite loss or gradient ends the run as ``"diverged"`` (exit code 0: divergence is a result). ``--resume``
 continues from the checkpoint; on CPU the final parameters are bit-identical to an uninterrupted run (the data

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ __all__ = [
     "DEVICES",
     "RESUMABLE_KEYS",
     "GSAM_ALPHA",
+    "MAX_EPOCHS",
+    "ONLY_FOR",
+    "physical_memory",
 ]
 
 OPTIMIZERS = ("sgd", "sam", "usam", "unified", "asam", "gsam")
@@ -41,6 +45,14 @@ PERTURBATIONS = ("local", "global")
 DEVICES = ("auto", "cpu", "cuda")
 #: Config keys that may change between a run and its ``--resume`` (they do not change the numbers).
 RESUMABLE_KEYS = ("out", "progress", "data_dir", "tensorboard", "quiet", "device", "verify_data")
+#: The most epochs a run may ask for: more is a typo (``1e9``) that would run for ever.
+MAX_EPOCHS = 1_000_000
+#: Settings only one optimizer takes: the key and that optimizer (``samkit sweep`` applies them only to it).
+ONLY_FOR = {"lam": "unified", "gsam_alpha": "gsam"}
+#: (channels, side, training images, test images) of the datasets whose shape is fixed.
+_SHAPES = {"fashion-mnist": (1, 28, 60_000, 10_000), "cifar10": (3, 32, 50_000, 10_000)}
+#: Channels of each model's first activation (a convolution at full resolution), or units of its first layer (MLP).
+_FIRST_WIDTH = {"mlp": 256, "cnn": 32, "resnet20": 16}
 
 
 class TrainError(ValueError):
@@ -109,8 +121,11 @@ class TrainConfig:
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose from {', '.join(allowed)}")
-        for key in ("rho", "momentum", "weight_decay"):
+        for key in ("rho", "weight_decay"):
             number(getattr(self, key), _flag(key))
+        m = self.momentum  # 1 or more: the momentum buffer grows without bound
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
+            raise ValueError(f"--momentum must be a number in [0, 1), got {m!r}")
         number(self.lr, "--lr", strict=True)
         number(self.decay_frac, "--decay-frac", maximum=1.0, strict=True)
         if self.optimizer == "unified":
@@ -125,6 +140,10 @@ class TrainConfig:
             number(self.gsam_alpha, "--gsam-alpha")
         for key in ("batch_size", "epochs", "eval_batch_size", "sharpness_batches", "sharpness_batch_size"):
             integer(getattr(self, key), _flag(key), minimum=1)
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(
+                f"--epochs must be an integer in [1, {MAX_EPOCHS}] (more would run for ever), got {self.epochs}"
+            )
         for key in ("sharpness_every", "threads", "sharpness_iters", "seed"):
             integer(getattr(self, key), _flag(key), minimum=0)
         for key in ("subset", "test_subset"):
@@ -139,6 +158,65 @@ class TrainConfig:
             integer(self.image_size, "--image-size", minimum=4)
             integer(self.synthetic_train, "--synthetic-train", minimum=1)
             integer(self.synthetic_test, "--synthetic-test", minimum=1)
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Refuse a run whose data, one batch and the model's first layer cannot fit in this machine's memory.
+
+        A lower bound, in float32: the synthetic images (and their class prototypes), the largest batch (training,
+        evaluation or sharpness) with the model's first activation (``batch × width × side²``; an MLP's is small,
+        but its first layer holds ``channels × side² × 256`` weights, kept with their gradient and momentum).
+        Only a run that surely cannot fit is refused, before any work, naming the flags to change.
+        """
+        synthetic = self.dataset == "synthetic"
+        if synthetic:
+            c, side, n_train, n_test = self.channels, self.image_size, self.synthetic_train, self.synthetic_test
+            shape = f"{c}x{side}x{side} (--channels {c}, --image-size {side})"
+        else:
+            c, side, n_train, n_test = _SHAPES[self.dataset]
+            shape = f"{c}x{side}x{side} ({self.dataset})"
+        n_train = min(n_train, self.subset or n_train)
+        n_test = min(n_test, self.test_subset or n_test)
+        pixels = c * side * side
+        width = _FIRST_WIDTH.get(self.model, 1)
+        batches = [(min(self.batch_size, n_train), f"--batch-size {self.batch_size}")]
+        batches.append((min(self.eval_batch_size, n_test), f"--eval-batch-size {self.eval_batch_size}"))
+        if self.sharpness_every:
+            batches.append(
+                (min(self.sharpness_batch_size, n_train), f"--sharpness-batch-size {self.sharpness_batch_size}")
+            )
+        batch, batch_flag = max(batches)
+        activation = 1 if self.model == "mlp" else width * side * side  # per example, besides its input
+        parts = [
+            (
+                4 * batch * (pixels + activation),
+                f"one batch of {batch} images ({batch_flag}) of {shape}"
+                + ("" if self.model == "mlp" else f" with the {self.model}'s first activation ({width} channels)"),
+            ),
+        ]
+        if self.model == "mlp":
+            parts.append(
+                (
+                    3 * 4 * pixels * width,
+                    f"the mlp's first layer ({pixels} inputs, {shape}, x {width} units, with its gradient and momentum)",
+                )
+            )
+        if synthetic:
+            parts.append(
+                (
+                    4 * (n_train + n_test + 10) * pixels,
+                    f"the synthetic data (--synthetic-train {self.synthetic_train} + --synthetic-test "
+                    f"{self.synthetic_test} images of {shape})",
+                )
+            )
+        need = sum(b for b, _ in parts)
+        have = physical_memory()
+        if have is not None and need > have:
+            biggest, what = max(parts)
+            raise ValueError(
+                f"this run needs at least {_size(need)} of memory, more than this machine's {_size(have)}: "
+                f"{what} alone needs {_size(biggest)}; choose smaller values"
+            )
 
     def lr_at(self, step: int, total: int) -> float:
         """The learning rate of step ``step`` (0-based) of ``total``.
@@ -166,3 +244,20 @@ class TrainConfig:
 
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (``None`` where the system does not say)."""
+    try:
+        n = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return n if n > 0 else None
+
+
+def _size(n: float) -> str:
+    """Bytes in words: ``_size(3 * 2**30) == '3 GiB'``."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} bytes"

@@ -27,7 +27,7 @@ from samkit.optim import GSAM, SAM, NonFiniteGradientError, asam_param_groups
 from samkit.sharpness import top_eigenvalues
 from samkit.train.config import GSAM_ALPHA, TrainConfig, TrainError
 from samkit.train.distributed import Dist
-from samkit.train.records import CHECKPOINT_VERSION, Records, summarize
+from samkit.train.records import CHECKPOINT_VERSION, CSV_FIELDS, History, Records, summarize
 
 __all__ = ["train", "build_optimizer", "EpochStats"]
 
@@ -160,22 +160,23 @@ def _run_epoch(run: _Run, epoch: int) -> EpochStats:
     cfg, dist = run.cfg, run.dist
     run.loader.set_epoch(epoch)
     total = torch.zeros(6, dtype=torch.float64)
-    show = cfg.progress and dist.is_main
-    # not a terminal (a log): no carriage-return bar; the per-epoch line on stdout reports progress
-    bar = tqdm(
-        run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show or not sys.stderr.isatty()
-    )
+    # not a terminal (a log): no carriage-return bar; the per-epoch line on stdout reports progress. No bar object
+    # at all when it would not show: tqdm's first bar makes a multiprocessing lock, which a worker process killed
+    # on Ctrl-C (samkit sweep) never releases, so the resource tracker reported it as a leaked semaphore.
+    show = cfg.progress and dist.is_main and sys.stderr.isatty()
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False) if show else None
     try:
-        for x, y in bar:
+        for x, y in bar if bar is not None else run.loader:
             sums = dist.sum(_step_sums(run, x.to(dist.device), y.to(dist.device)))  # every rank sees the same sums,
             if not (math.isfinite(float(sums[0])) and math.isfinite(float(sums[3]))):  # so all stop together
                 total += torch.nan_to_num(sums, nan=0.0, posinf=0.0, neginf=0.0)
                 return EpochStats.from_sums(total, diverged=True)
             total += sums
-            if show:
+            if bar is not None:
                 bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}", refresh=False)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return EpochStats.from_sums(total)
 
 
@@ -322,7 +323,8 @@ def _epoch_row(run: _Run, epoch: int, stats: EpochStats, t0: float) -> dict[str,
             row["top_eigenvalue"] = _sharpness(run) if run.dist.is_main else None
         row["status"] = "ok"
     row["seconds"] = round(time.perf_counter() - t0, 3)  # training, evaluation and sharpness
-    return row
+    # the columns' order, and no empty value: the row as metrics.csv gives it back to a resumed run
+    return {k: row[k] for k in CSV_FIELDS if row.get(k) is not None}
 
 
 def _train(
@@ -333,13 +335,14 @@ def _train(
     stop_after_epoch: int | None,
 ) -> dict[str, Any]:
     records = Records(cfg.out, enabled=dist.is_main)
+    records.claim()  # the folder is the run's, or refused, before anything is read or written there
     ckpt = _checkpoint_to_resume(cfg, records, resume)
     if ckpt is not None and ckpt["status"] in ("completed", "diverged"):
         if dist.is_main and not cfg.quiet:
             print(f"run in {cfg.out} already {ckpt['status']}; nothing to do", file=sys.stderr)
         return ckpt["summary"]
+    rows = History(records.rows_of(ckpt)) if ckpt is not None else History()
     run = _setup(cfg, dist, data)
-    rows: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
     if ckpt is not None:
         try:
@@ -352,14 +355,20 @@ def _train(
                 f"--resume: {records.checkpoint} does not fit this run's model or optimizer ({why})"
             ) from None
         torch.set_rng_state(ckpt["rng"])
-        rows = list(ckpt["rows"])
         start_epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
         elapsed = float(ckpt.get("elapsed", 0.0))
     tb = _tensorboard(cfg, records) if dist.is_main else None
     diverged_at: tuple[int | None, int | None] = (None, None)
     status = "running"
 
+    def summary_now(status: str) -> dict[str, Any]:
+        """The summary; with the history only once the run has ended (until then the rows are in metrics.csv)."""
+        ended = status in ("completed", "diverged")
+        return summarize(cfg, rows, status, diverged_at, elapsed, dist.world, history=ended)
+
     def state(epoch: int, status: str) -> dict[str, Any]:
+        """The checkpoint: the rows only once the run has ended; until then how many of metrics.csv it covers."""
+        summary = summary_now(status)
         return {
             "version": CHECKPOINT_VERSION,
             "config": asdict(cfg),
@@ -368,14 +377,16 @@ def _train(
             "model": run.model.state_dict(),
             "optimizer": run.opt.state_dict(),
             "rng": torch.get_rng_state(),
-            "rows": rows,
+            "rows": rows.rows if "history" in summary else None,
+            "metrics_rows": len(rows.rows),
             "elapsed": elapsed,
             "status": status,
-            "summary": summarize(cfg, rows, status, diverged_at, elapsed, dist.world),
+            "summary": summary,
         }
 
-    records.start(cfg)
-    records.write(rows, summarize(cfg, rows, status, diverged_at, elapsed, dist.world))
+    cut_to = ckpt.get("metrics_bytes") if ckpt is not None and ckpt["rows"] is None else None
+    records.start(cfg, rows.rows, cut_to=cut_to)
+    records.write_summary(summary_now(status))
     run.net.train()
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -393,7 +404,8 @@ def _train(
                 break
             _report(cfg, dist, row, tb)
             status = "completed" if epoch + 1 == cfg.epochs else "running"
-            records.write(rows, summarize(cfg, rows, status, diverged_at, elapsed, dist.world))
+            records.append([row])  # then the checkpoint that covers it: a kill in between loses nothing
+            records.write_summary(summary_now(status))
             records.save(state(epoch + 1, status))
             dist.barrier()
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and status == "running":
@@ -401,10 +413,11 @@ def _train(
                 break
         summary = summarize(cfg, rows, status, diverged_at, elapsed, dist.world)
         if status == "diverged":
-            records.write(rows, summary)
+            records.append(rows.rows[-1:])
+            records.write_summary(summary)
             if records.enabled:  # keep the last finite weights (the last epoch's checkpoint), marked diverged
                 last = records.load() if records.has_checkpoint() else state(0, status)
-                records.save(dict(last, status=status, rows=rows, summary=summary))
+                records.save(dict(last, status=status, rows=rows.rows, metrics_rows=len(rows.rows), summary=summary))
         dist.barrier()
         return dict(summary, params={k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()})
     finally:
