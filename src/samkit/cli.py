@@ -54,13 +54,11 @@ from samkit.experiments.runner import (
     check_gpu_request,
     claim_results_folder,
     ensure_writable,
-    finalize,
     folder_lock,
-    read_config,
     run_experiments,
 )
 from samkit.models import MODELS
-from samkit.report import collect, summary, write_report
+from samkit.report import collect, rejudge, summary, write_report
 from samkit.sweep import SweepRun, claim_sweep_folder, expand_grid, run_name, run_sweep
 from samkit.train import TrainConfig, train
 from samkit.train.config import DEVICES, GSAM_ALPHA, OPTIMIZERS, PERTURBATIONS, SCHEDULES
@@ -464,27 +462,11 @@ def _report(directory: Path) -> int:
     dirs = sorted({p.parent for n in ("config.json", "result.json", "failure.json") for p in directory.glob(f"*/{n}")})
     if not dirs:
         raise ConfigError(f"{str(directory)!r} holds no experiment results (run `samkit reproduce --out DIR` first)")
-    for d in dirs:
-        if not (d / "config.json").exists():
-            continue
-        try:
-            name = read_config(d)["experiment"]
-        except ConfigError:
-            continue  # damaged or from an older samkit: collect() reports it
-        if name != d.name:
-            continue  # config.json names another experiment: collect() reports the folder as damaged
-        try:
-            exp = get(name)
-        except ConfigError as err:
-            sys.stderr.write(
-                f"samkit: warning: {name} not redrawn ({err}); its saved results are reported as they are\n"
-            )
-            continue
-        try:
-            finalize(exp, d)
-        except DamagedDataError:
-            continue  # collect() reports it, with the reason
-    results, problems = collect(directory)
+    # redraw every experiment that checks out; links, locks and damage are left to collect(), which names them
+    errors, warnings = rejudge(directory)
+    for w in warnings:
+        sys.stderr.write(f"samkit: warning: {w}\n")
+    results, problems = collect(directory, errors)
     for p in problems:
         sys.stderr.write(f"samkit: error: {p['reason']}\n")
     paths = write_report(directory, results, problems)

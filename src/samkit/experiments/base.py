@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import sys
@@ -463,9 +464,18 @@ def _convert(text: str) -> Any:
 
 
 def read_table(path: Path) -> Table:
-    """Read a CSV written by :func:`samkit.experiments.runner.write_csv` back into a :class:`Table`."""
-    with open(path, newline="") as fh:
-        return Table([{k: _convert(v) for k, v in row.items()} for row in csv.DictReader(fh)])
+    """Read a CSV written by :func:`samkit.experiments.runner.write_csv` (UTF-8) back into a :class:`Table`."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return table_from_text(fh.read())
+
+
+def table_from_text(text: str) -> Table:
+    """A :class:`Table` from the text of a CSV written by :func:`samkit.experiments.runner.write_csv`.
+
+    >>> table_from_text("a,b\\n1,x\\n").rows
+    [{'a': 1, 'b': 'x'}]
+    """
+    return Table([{k: _convert(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text, newline=""))])
 
 
 class Experiment:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import csv
 import errno
 import fcntl
 import hashlib
@@ -59,6 +60,7 @@ from samkit.experiments.base import (
     _jsonable,
     read_table,
     stable_hash,
+    table_from_text,
 )
 from samkit.experiments.executors import Executor, InlineExecutor, Task
 
@@ -792,18 +794,30 @@ def load_tables(exp_dir: Path, manifest: Mapping[str, Mapping[str, Any]] | None 
     if manifest is None:
         return {p.stem: read_table(p) for p in sorted(data_dir.glob("*.csv"))}
     out = {}
+    rerun = f"rerun `samkit run {Path(exp_dir).name}` to recompute it from the cached units"
     for name, meta in sorted(manifest.items()):
         path = data_dir / safe_name(name)
+        if not isinstance(meta, Mapping):
+            raise DamagedDataError(
+                f"{str(Path(exp_dir) / 'config.json')!r} records {name!r} as {meta!r}, not as its rows and sha256; "
+                f"{rerun}"
+            )
         try:
             raw = path.read_bytes()
         except OSError:
-            raise DamagedDataError(f"{str(path)!r} is missing; rerun `samkit run {Path(exp_dir).name}`") from None
-        table = read_table(path)
-        if hashlib.sha256(raw).hexdigest() != meta.get("sha256") or len(table) != meta.get("rows"):
+            raise DamagedDataError(f"{str(path)!r} is missing; {rerun}") from None
+        # nothing is decoded before its checksum matched: a crafted file is refused unread
+        if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
             raise DamagedDataError(
-                f"{str(path)!r} is damaged: it holds {len(table)} rows, the run recorded {meta.get('rows')} "
-                f"(checksum {'matches' if hashlib.sha256(raw).hexdigest() == meta.get('sha256') else 'differs'}); "
-                f"rerun `samkit run {Path(exp_dir).name}` to recompute it from the cached units"
+                f"{str(path)!r} is damaged: its sha256 differs from the one config.json records; {rerun}"
+            )
+        try:
+            table = table_from_text(raw.decode("utf-8"))
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise DamagedDataError(f"{str(path)!r} is damaged: it is not samkit's CSV text ({err}); {rerun}") from None
+        if len(table) != meta.get("rows"):
+            raise DamagedDataError(
+                f"{str(path)!r} is damaged: it holds {len(table)} rows, the run recorded {meta.get('rows')}; {rerun}"
             )
         out[path.stem] = table
     return out

@@ -8,6 +8,12 @@ a summary first (verdict counts, then every FAIL, NOT EXERCISED claim and experi
 each with a link), a table of contents, then per experiment one compact claims table (each setting stated once)
 beside its figures, and the provenance. Every link is relative, so the folder can be moved or served.
 
+The folder may come from someone else: one experiment whose files do not check out (whatever is wrong with them) is
+reported as damaged, naming the file and what is wrong, and the others are still reported; nothing is read or
+written through a symbolic link inside the folder; an experiment a run is writing (its ``.lock`` is held) is reported
+as running, not judged; a table is decoded only once its checksum has matched; and README.md escapes every text it
+shows, as the HTML page does (Markdown has no autoescape: see :func:`_md_text`).
+
 Example:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -18,28 +24,47 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import errno
+import fcntl
+import hashlib
+import io
+import os
 import re
+import stat
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from samkit._io import UnsafePathError, refuse_links
 from samkit.experiments.base import INCONCLUSIVE, NOT_EXERCISED, VERDICTS, ConfigError
 from samkit.experiments.runner import (
+    DamagedDataError,
     atomic_write_text,
-    load_tables,
+    finalize,
     read_config,
     read_json,
+    safe_name,
     verify_config,
     write_json,
 )
 
-__all__ = ["collect", "collect_results", "write_report", "summary", "verdict_counts", "VERDICTS"]  # VERDICTS from base
+__all__ = ["collect", "collect_results", "rejudge", "write_report", "summary", "verdict_counts", "VERDICTS"]
 
 #: What a problem's ``kind`` means, in the report's words.
-_KINDS = {"missing": "did not run", "error": "did not finish", "damaged": "damaged"}
+_KINDS = {"missing": "did not run", "error": "did not finish", "damaged": "damaged", "running": "running"}
 _TITLE = "The Crucial Role of Normalization in Sharpness-Aware Minimization"
+#: What reading a file someone else may have written can raise besides a :class:`ConfigError` (a value of the wrong
+#: type or shape, a missing key, bytes that do not decode, a file that cannot be read, JSON nested too deep).
+_READ_ERRORS = (LookupError, TypeError, AttributeError, ValueError, OSError, RecursionError, csv.Error)
+#: ... and what judging such data (an experiment's claims and figures) can raise besides.
+_JUDGE_ERRORS = (*_READ_ERRORS, ArithmeticError, RuntimeError)
+#: The files of an experiment folder the report reads (or locks) by name: each must be a regular file when present.
+_FILES = ("config.json", "result.json", "failure.json", ".lock")
+_O_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 # ---------------------------------------------------------------------------------------------- reading the folder
@@ -49,45 +74,203 @@ def _sort_key(name: str) -> tuple:
     return key(name)
 
 
-def _inspect(exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """``(result, problem)`` of one experiment folder: the result to show (None when it cannot be trusted) and
-    what is wrong (None when nothing is)."""
-    name = exp_dir.name
-    failure = None
-    if (exp_dir / "failure.json").exists():
+def _experiment_dirs(out: Path) -> list[Path]:
+    """The experiment folders of ``out``: those holding a config, result or failure record, and those a run has
+    locked (a first run still writing), ordered E1, E2, ..."""
+    patterns = ("*/config.json", "*/result.json", "*/failure.json", "*/.lock")
+    return sorted({p.parent for pattern in patterns for p in out.glob(pattern)}, key=lambda d: _sort_key(d.name))
+
+
+def _one_line(text: Any, limit: int = 400) -> str:
+    """``text`` on one line (every run of whitespace one space), at most ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _not_regular(path: Path) -> UnsafePathError:
+    return UnsafePathError(
+        f"{str(path)!r} is not a regular file (a folder, a FIFO or a device); samkit reads only the files it wrote: "
+        "remove it"
+    )
+
+
+def _check_folder(out: Path, exp_dir: Path) -> None:
+    """Raise :class:`UnsafePathError` when ``exp_dir``, or anything in it, is a symbolic link (``out`` itself may be
+    one: the user named it), or when a file the report reads by name is not a regular file (a FIFO would block)."""
+    refuse_links(out, exp_dir)
+    for name in _FILES:
         try:
-            failure = read_json(exp_dir / "failure.json")
-        except ConfigError as err:
-            return None, _problem(name, str(err), "damaged")
-        if not isinstance(failure, dict):
-            return None, _problem(name, f"{str(exp_dir / 'failure.json')!r} is not a samkit failure record", "damaged")
+            mode = os.lstat(exp_dir / name).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise _not_regular(exp_dir / name)
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of the regular file ``path``, never through a link and never blocking (a FIFO);
+    :class:`FileNotFoundError` when it is not there, :class:`UnsafePathError` when it is not a regular file."""
+    try:
+        fd = os.open(path, _O_READ)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafePathError(
+                f"{str(path)!r} is a symbolic link; samkit does not follow links inside a results folder: remove it"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_regular(path)
+    return fd
+
+
+def _read_bytes(path: Path) -> bytes:
+    fd = _open_regular(path)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+@contextlib.contextmanager
+def _reading(out: Path, exp_dir: Path) -> Iterator[str | None]:
+    """Check that ``exp_dir`` may be read (:func:`_check_folder`) and hold a shared lock on its ``.lock`` while it is
+    read: yields ``None``, or who holds the lock when a run is writing there (nothing of it may then be judged: its
+    files are half written). The lock file is opened read-only, never created and never followed."""
+    _check_folder(out, exp_dir)
+    try:
+        fd = _open_regular(exp_dir / ".lock")
+    except FileNotFoundError:
+        yield None  # no run ever locked it (an older samkit): nothing to wait for
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            holder = None
+        except BlockingIOError:
+            holder = _holder(fd)
+        yield holder
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, as the run wrote it into the lock file (``samkit pid N on HOST``), on one short line."""
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    return _one_line("".join(ch if ch.isprintable() else " " for ch in text), 120) or "another process"
+
+
+def _check_tables(exp_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """Check each table ``config.json`` records: its bytes against the recorded sha256 first, and only then that it
+    decodes (UTF-8 CSV) to the recorded number of rows; else a :class:`DamagedDataError` naming the file and what
+    is wrong. Nothing is decoded before its checksum has matched."""
+    rerun = f"rerun `samkit run {exp_dir.name}` to recompute it from the cached units"
+    for name, entry in sorted(manifest.items()):
+        path = exp_dir / "data" / safe_name(name)
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("rows")) is int):
+            raise DamagedDataError(
+                f"{str(exp_dir / 'config.json')!r} records table {_one_line(repr(name), 80)} as "
+                f"{_one_line(repr(entry), 80)}, not as its rows and sha256 (written by an older samkit, or edited); "
+                f"rerun `samkit run {exp_dir.name}`"
+            )
+        try:
+            raw = _read_bytes(path)
+        except FileNotFoundError:
+            raise DamagedDataError(f"{str(path)!r} is missing; rerun `samkit run {exp_dir.name}`") from None
+        if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+            raise DamagedDataError(
+                f"{str(path)!r} is damaged: its sha256 differs from the one config.json records (truncated or "
+                f"edited); {rerun}"
+            )
+        try:
+            rows = sum(1 for _ in csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
+        except UnicodeDecodeError as err:
+            raise DamagedDataError(
+                f"{str(path)!r} is damaged: it is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}), "
+                f"though its sha256 matches the one config.json records (both edited?); {rerun}"
+            ) from None
+        except csv.Error as err:
+            raise DamagedDataError(
+                f"{str(path)!r} is damaged: it is not CSV ({_one_line(err, 120)}); {rerun}"
+            ) from None
+        if rows != entry["rows"]:
+            raise DamagedDataError(
+                f"{str(path)!r} is damaged: it holds {rows} rows, config.json records {entry['rows']}; {rerun}"
+            )
+
+
+def _inspect(out: Path, exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+    """``(result, problem, readable)`` of one experiment folder: the result to show (None when it cannot be
+    trusted), what is wrong (None when nothing is) and whether its files may be read at all (no link, no lock)."""
+    name = exp_dir.name
+    try:
+        with _reading(out, exp_dir) as holder:
+            if holder is not None:
+                reason = (
+                    f"{str(exp_dir)!r} is running (locked by {holder}): its files are being written, so they are "
+                    f"not judged; run `samkit report {out}` again once it has finished"
+                )
+                return None, _problem(name, reason, "running"), False
+            return (*_inspect_files(exp_dir), True)
+    except UnsafePathError as err:
+        return None, _problem(name, str(err), "damaged"), False
+    except OSError as err:
+        reason = f"{str(exp_dir)!r} could not be read ({type(err).__name__}: {err.strerror or err})"
+        return None, _problem(name, reason, "damaged"), False
+
+
+def _inspect_files(exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """:func:`_inspect` of a folder that may be read: every failure lands in the problem, naming the file."""
+    name = exp_dir.name
+    current = exp_dir / "failure.json"
+    failure = None
     result = None
     try:
-        meta = read_config(exp_dir) if (exp_dir / "config.json").exists() else None
+        if current.exists():
+            failure = read_json(current)
+            if not isinstance(failure, dict):
+                raise ConfigError(f"{str(current)!r} is not a samkit failure record")
+        current = exp_dir / "config.json"
+        meta = read_config(exp_dir) if current.exists() else None
         if meta is not None:
             if meta["experiment"] != name:
                 raise ConfigError(
-                    f"{str(exp_dir / 'config.json')!r} is the config of experiment {meta['experiment']!r}, not of "
-                    f"{name!r}; rerun `samkit run {name}`"
+                    f"{str(current)!r} is the config of experiment {meta['experiment']!r}, not of {name!r}; "
+                    f"rerun `samkit run {name}`"
                 )
             # re-derived from (preset, overrides): not edited
-            verify_config(_experiment(name, exp_dir), meta, exp_dir / "config.json")
-            load_tables(exp_dir, meta["tables"])  # DamagedDataError (a ConfigError) on a truncated or edited table
-        if (exp_dir / "result.json").exists():
+            verify_config(_experiment(name, exp_dir), meta, current)
+            _check_tables(exp_dir, meta["tables"])  # checksums first: a truncated, edited or undecodable table
+        current = exp_dir / "result.json"
+        if current.exists():
             if meta is None:
                 raise ConfigError(f"{str(exp_dir)!r} has a result.json but no config.json; rerun `samkit run {name}`")
-            result = _checked_result(read_json(exp_dir / "result.json"), exp_dir)
+            result = _checked_result(read_json(current), exp_dir)
+            redo = f"run `samkit report {exp_dir.parent}` to recompute it"
             if result["experiment"] != name or result.get("config_hash") != meta.get("config_hash"):
                 raise ConfigError(
-                    f"{str(exp_dir / 'result.json')!r} is out of date (its config hash differs from config.json's); "
-                    f"run `samkit report {exp_dir.parent}` to recompute it"
+                    f"{str(current)!r} is out of date (its config hash differs from config.json's); {redo}"
+                )
+            recorded = sorted(f"data/{safe_name(n)}" for n in meta["tables"])
+            if "data" in result and sorted(map(str, result["data"])) != recorded:
+                raise ConfigError(
+                    f"{str(current)!r} is out of date: it was judged from other tables than those config.json "
+                    f"records ({', '.join(recorded) or 'none'}); {redo}"
                 )
         elif meta is not None and failure is None:
             raise ConfigError(f"{name} has data but no result.json; run `samkit report {exp_dir.parent}` to judge it")
-    except ConfigError as err:
+    except (ConfigError, UnsafePathError) as err:
         return None, _problem(name, str(err), "damaged")
+    except _READ_ERRORS as err:
+        reason = (
+            f"{str(current)!r} is not what samkit writes ({type(err).__name__}: {_one_line(err, 200)}): written by "
+            f"an older samkit, or edited; rerun `samkit run {name}`"
+        )
+        return None, _problem(name, reason, "damaged")
     if failure is not None:
         kind = failure.get("kind") if failure.get("kind") in _KINDS else "error"
+        kind = "error" if kind == "running" else kind  # only a held lock says that a run is running
         return result, _problem(name, str(failure.get("reason", "unknown reason")), kind, previous=result is not None)
     return result, None
 
@@ -107,12 +290,21 @@ def _experiment(name: str, exp_dir: Path) -> Any:
 
 
 def _checked_result(result: Any, exp_dir: Path) -> dict[str, Any]:
+    figures = result.get("figures", []) if isinstance(result, dict) else None
     ok = (
         isinstance(result, dict)
         and isinstance(result.get("experiment"), str)
         and isinstance(result.get("claims"), list)
         and all(isinstance(c, dict) for c in result["claims"])
-        and isinstance(result.get("figures", []), list)
+        and isinstance(figures, list)
+        and all(
+            isinstance(f.get("claims", []), list) and isinstance(f.get("data", []), list)
+            for f in figures
+            if isinstance(f, dict)
+        )
+        and isinstance(result.get("overrides") or [], list)
+        and isinstance(result.get("run") or {}, dict)
+        and isinstance(result.get("data", []), list)
     )
     if not ok:
         raise ConfigError(f"{str(exp_dir / 'result.json')!r} is not a samkit result; run `samkit report` to redo it")
@@ -120,18 +312,19 @@ def _checked_result(result: Any, exp_dir: Path) -> dict[str, Any]:
 
 
 def _problem(name: str, reason: str, kind: str, previous: bool = False) -> dict[str, Any]:
-    return {"experiment": name, "reason": reason, "kind": kind, "previous": previous}
+    return {"experiment": name, "reason": _one_line(reason, 1000), "kind": kind, "previous": previous}
 
 
-def _title_of(name: str, exp_dir: Path) -> str:
-    """The title of an experiment whose result cannot be shown: from its (stale) result.json, else samkit's
-    registry, else nothing."""
-    try:
-        title = read_json(exp_dir / "result.json").get("title")
-        if isinstance(title, str):
-            return title
-    except (ConfigError, AttributeError):
-        pass
+def _title_of(name: str, exp_dir: Path, readable: bool = True) -> str:
+    """The title of an experiment whose result cannot be shown: from its (stale) result.json when its files may be
+    read, else samkit's registry, else nothing."""
+    if readable:
+        try:
+            title = read_json(exp_dir / "result.json").get("title")
+            if isinstance(title, str):
+                return title
+        except (ConfigError, *_READ_ERRORS):
+            pass
     from samkit.experiments import get
 
     try:
@@ -150,29 +343,81 @@ def _sentence(reason: str, name: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def collect(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def collect(out: Path, errors: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(results, problems)`` of the results folder ``out``, each ordered by experiment (E1, E2, ...).
 
     ``results``: the ``result.json`` of every experiment whose data checks out. ``problems``: one dict per
     experiment that did not run or did not finish in its last run (``kind`` ``"missing"`` or ``"error"``, from
-    its ``failure.json``; ``previous`` says whether the results of an earlier complete run are still shown) or
-    whose files are damaged or out of date (``kind`` ``"damaged"``; its results are left out).
+    its ``failure.json``; ``previous`` says whether the results of an earlier complete run are still shown), whose
+    files are damaged, out of date or unsafe to read (``kind`` ``"damaged"``: a file that does not check out, a
+    symbolic link; its results are left out) or that a run is writing now (``kind`` ``"running"``: its lock is
+    held; its files are not judged). Every problem names the file and what is wrong; one experiment's problem
+    never stops the others from being reported. ``errors`` (experiment name -> reason, from :func:`rejudge`)
+    are reported as damaged experiments with that reason.
     """
     out = Path(out)
-    dirs = sorted(
-        {p.parent for pattern in ("*/config.json", "*/result.json", "*/failure.json") for p in out.glob(pattern)},
-        key=lambda d: _sort_key(d.name),
-    )
+    errors = dict(errors or {})
     results, problems = [], []
-    for d in dirs:
-        result, problem = _inspect(d)
+    for d in _experiment_dirs(out):
+        if d.name in errors:
+            result, problem, readable = None, _problem(d.name, errors[d.name], "damaged"), False
+        else:
+            result, problem, readable = _inspect(out, d)
         if result is not None:
             results.append(result)
         if problem is not None:
             if result is None:
-                problem["title"] = _title_of(d.name, d)
+                problem["title"] = _title_of(d.name, d, readable)
             problems.append(problem)
     return results, problems
+
+
+def rejudge(out: Path) -> tuple[dict[str, str], list[str]]:
+    """Recompute the ``result.json`` (claims and figures) of every experiment folder of ``out`` from its verified
+    config and tables (:func:`~samkit.experiments.runner.finalize`); what ``samkit report DIR`` does before
+    :func:`collect`. Returns ``(errors, warnings)``.
+
+    A folder that holds a link, that a run has locked, whose config does not check out or whose tables do not match
+    their recorded checksums is left as it is (:func:`collect` reports it, with the reason): nothing is read through
+    a link, nothing is written while a run writes (a shared lock is held while judging) and no table is decoded
+    before its checksum has matched. ``errors`` maps each experiment whose verified files could still not be judged
+    (a config or a table of an older layout: a missing key, a column of another type) to the reason, for
+    ``collect(out, errors)``; ``warnings`` says which experiments this samkit does not know (not redrawn).
+    """
+    from samkit.experiments import get
+
+    out = Path(out)
+    errors: dict[str, str] = {}
+    warnings: list[str] = []
+    for d in _experiment_dirs(out):
+        what = f"{str(d / 'config.json')!r} and the tables it records"
+        try:
+            with _reading(out, d) as holder:
+                if holder is not None or not (d / "config.json").exists():
+                    continue  # a run is writing it, or nothing to judge: collect() says which
+                meta = read_config(d)
+                name = meta["experiment"]
+                if name != d.name:
+                    continue  # config.json names another experiment: collect() reports the folder as damaged
+                try:
+                    exp = get(name)
+                except ConfigError as err:
+                    warnings.append(f"{name} not redrawn ({err}); its saved results are reported as they are")
+                    continue
+                _check_tables(d, meta["tables"])  # before finalize() decodes any table
+                if (d / "result.json").exists():  # finalize() reads its run info: name it when it cannot be read
+                    what = repr(str(d / "result.json"))
+                    read_json(d / "result.json")
+                    what = f"{str(d / 'config.json')!r} and the tables it records"
+                finalize(exp, d)
+        except (ConfigError, UnsafePathError):
+            continue  # damaged, edited or linked: collect() reports it, with the reason
+        except _JUDGE_ERRORS as err:
+            errors[d.name] = (
+                f"{what} could not be judged by this samkit ({type(err).__name__}: {_one_line(err, 200)}): written "
+                f"by an older samkit, or edited; rerun `samkit run {d.name}`"
+            )
+    return errors, warnings
 
 
 def collect_results(out: Path) -> list[dict[str, Any]]:
@@ -223,12 +468,14 @@ _PATH_SAFE = "/:@!$&()*+,;=~"  # characters a URL path may hold as they are (RFC
 
 def _href(*parts: str) -> str:
     """A relative link to a file of the report folder: ``./`` (so no part can become a URL scheme) and the
-    parts, percent-encoded where a URL path needs it.
+    parts, percent-encoded where a URL path needs it, without ``.`` and ``..`` segments (a link cannot leave the
+    folder).
 
-    >>> _href("E1", "figures/a b#1.png")
-    './E1/figures/a%20b%231.png'
+    >>> _href("E1", "figures/a b#1.png"), _href("E1", "../../etc/passwd")
+    ('./E1/figures/a%20b%231.png', './E1/etc/passwd')
     """
-    return "./" + "/".join(quote(str(p), safe=_PATH_SAFE) for p in parts)
+    segments = "/".join(str(p) for p in parts).split("/")
+    return "./" + "/".join(quote(s, safe=_PATH_SAFE) for s in segments if s not in (".", ".."))
 
 
 def _anchor(*parts: Any) -> str:
@@ -238,6 +485,11 @@ def _anchor(*parts: Any) -> str:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _items(value: Any) -> list[Any]:
+    """``value`` when it is a list, else no items (a result.json field of another shape shows nothing)."""
+    return value if isinstance(value, list) else []
 
 
 def _section(name: str, result: Mapping[str, Any] | None, problem: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -268,10 +520,12 @@ def _section(name: str, result: Mapping[str, Any] | None, problem: Mapping[str, 
         }
     if result is None:
         return sec
-    figures = [f for f in result.get("figures", []) if isinstance(f, dict)]
+    figures = [f for f in _items(result.get("figures")) if isinstance(f, dict)]
     fig_anchor = {_text(f.get("file")): _anchor(name, "fig", i) for i, f in enumerate(figures)}
     groups: dict[str, list[dict[str, Any]]] = {}
-    for c in result["claims"]:
+    for c in _items(result.get("claims")):
+        if not isinstance(c, dict):
+            continue
         verdict = _verdict(c)
         groups.setdefault(_text(c.get("setting")), []).append(
             {
@@ -294,15 +548,15 @@ def _section(name: str, result: Mapping[str, Any] | None, problem: Mapping[str, 
                 "src": _href(name, "figures", _text(f.get("file"))),
                 "title": _text(f.get("title")),
                 "caption": _text(f.get("caption")),
-                "claims": [(_text(c), _anchor(name, c)) for c in f.get("claims", [])],
-                "data": [(Path(_text(d)).name, _href(name, _text(d))) for d in f.get("data", [])],
+                "claims": [(_text(c), _anchor(name, c)) for c in _items(f.get("claims"))],
+                "data": [(Path(_text(d)).name, _href(name, _text(d))) for d in _items(f.get("data"))],
             }
         )
     run = result.get("run") if isinstance(result.get("run"), dict) else {}
     seconds = run.get("seconds")
     sec["info"] = {
         "preset": _text(result.get("preset")),
-        "overrides": " ".join(map(str, result.get("overrides") or [])),
+        "overrides": " ".join(map(str, _items(result.get("overrides")))),
         "config_hash": _text(result.get("config_hash")),
         "units": _text(run.get("units", "")),
         "cached": _text(run.get("units_cached", 0)),
@@ -360,10 +614,7 @@ def _context(results: Sequence[Mapping[str, Any]], problems: Sequence[Mapping[st
         "counts": counts,
         "not_exercised_note": _not_exercised(counts),
         "not_run": len(problems),
-        "not_run_note": f" {len(problems)} experiment{'s' if len(problems) > 1 else ''} did not run, did not finish "
-        f"or {'are' if len(problems) > 1 else 'is'} damaged."
-        if problems
-        else "",
+        "not_run_note": _not_run(problems),
         "sections": sections,
         "attention": _attention(sections),
         "provenance": None
@@ -374,25 +625,129 @@ def _context(results: Sequence[Mapping[str, Any]], problems: Sequence[Mapping[st
     }
 
 
+def _not_run(problems: Sequence[Mapping[str, Any]]) -> str:
+    """The summary's sentence on the experiments that did not run, did not finish, are damaged or are running, naming
+    them, e.g. `` 1 experiment did not run, did not finish or is damaged: E7.``.
+
+    >>> _not_run([{"experiment": "E4", "kind": "damaged"}, {"experiment": "E5", "kind": "running"}])
+    ' 2 experiments did not run, did not finish, are damaged or are running: E4, E5.'
+    """
+    if not problems:
+        return ""
+    n = len(problems)
+    verb = "are" if n > 1 else "is"
+    running = f", {verb} damaged or {verb} running" if any(p.get("kind") == "running" for p in problems) else ""
+    states = f"did not finish{running}" if running else f"did not finish or {verb} damaged"
+    names = ", ".join(_text(p.get("experiment")) for p in problems)
+    return f" {n} experiment{'s' if n > 1 else ''} did not run, {states}: {names}."
+
+
 # ---------------------------------------------------------------------------------------------- rendering
-def _environment() -> Any:
+def _environment(markdown: bool = False) -> Any:
+    """The Jinja2 environment of the HTML page (autoescaped) or, with ``markdown``, of README.md (every value
+    escaped for Markdown by :func:`_md_finalize`)."""
     import jinja2
 
+    html = jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("samkit.report", "templates"),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True),
+        autoescape=False if markdown else html,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Markdown has no autoescape: every value is escaped on output unless a filter made it safe already
+        finalize=_md_finalize if markdown else None,
     )
-    env.filters["md"] = _md_cell
+    env.filters.update(md=_md_filter, label=_md_label, block=_md_block, code=_md_code, url=_md_url)
     return env
 
 
-def _md_cell(text: Any) -> str:
-    """Text made safe for one Markdown table cell (``|`` escaped, no line breaks)."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+# ---------------------------------------------------------------------------------------------- Markdown escaping
+class _Md(str):
+    """Markdown that is safe as it is (escaped text, a code span, a link destination): not escaped again."""
+
+
+def _md_text(value: Any, *, label: bool = False, block: bool = False) -> str:
+    r"""Text shown as itself in Markdown (rendered by GitHub or any CommonMark renderer), on one line.
+
+    What could become markup is escaped and nothing else, so ordinary text reads the same raw and rendered: a
+    backslash that would escape what follows is doubled; ``&`` that could start an entity becomes ``&amp;`` and
+    ``<`` that could start a tag, a comment or an autolink (anything but a space or ``=`` after it: ``η < 2/β``
+    and ``y <= 1`` stay) becomes ``&lt;`` (so no HTML reaches the page: a lone ``>`` is text); ``|`` (a table cell)
+    and backticks (a code span) are backslash-escaped, and so is ``]`` before ``(``, so no link or image can carry
+    a URL. ``label``: text inside ``[...]`` (a link's text, an image's alt), where every bracket is escaped.
+    ``block``: text that starts a line, where a leading ``#``, ``>``, ``-``, ``1.`` ... would start a heading, a
+    quote or a list and a leading ``[`` a link definition (``[x]: javascript:...``).
+
+    >>> _md_text("<img src=x onerror=alert(1)> [a](javascript:alert(1)) `x` | y >= 0 & z < 1")
+    '&lt;img src=x onerror=alert(1)> [a\\](javascript:alert(1)) \\`x\\` \\| y >= 0 & z < 1'
+    >>> _md_text("# not a heading", block=True), _md_text("1. not a list", block=True)
+    ('\\# not a heading', '1\\. not a list')
+    >>> _md_text("[x]: javascript:alert(1)", block=True)
+    '\\[x]: javascript:alert(1)'
+    """
+    text = re.sub(r"\s+", " ", _text(value))
+    text = re.sub(r"\\(?=[!-/:-@[-`{-~]|$)", r"\\\\", text)
+    text = re.sub(r"&(?=[#A-Za-z0-9])", "&amp;", text)
+    text = re.sub(r"<(?![\s=])", "&lt;", text)
+    text = text.replace("|", "\\|").replace("`", "\\`")
+    if label:
+        text = text.replace("[", "\\[").replace("]", "\\]")
+    else:
+        text = text.replace("](", "\\](")
+    if block:
+        text = text.lstrip()
+        numbered = re.match(r"\d{1,9}(?=[.)])", text)
+        if numbered:
+            text = text[: numbered.end()] + "\\" + text[numbered.end() :]
+        elif text[:1] and text[0] in "#>-+*=~_[":
+            text = "\\" + text
+    return text
+
+
+def _md_finalize(value: Any) -> str:
+    return value if isinstance(value, _Md) else _md_text(value)
+
+
+def _md_filter(value: Any) -> _Md:
+    """``|md``: escaped text (what every value gets anyway)."""
+    return _Md(_md_text(value))
+
+
+def _md_label(value: Any) -> _Md:
+    """``|label``: escaped text inside ``[...]`` (a link's text, an image's alt)."""
+    return _Md(_md_text(value, label=True))
+
+
+def _md_block(value: Any) -> _Md:
+    """``|block``: escaped text that starts a line (a paragraph of its own)."""
+    return _Md(_md_text(value, block=True))
+
+
+def _md_code(value: Any) -> _Md:
+    """``|code``: a code span that shows ``value`` as it is and that nothing inside can end: its fence is one
+    backtick longer than the longest run of backticks inside, and a space pads a backtick at either end.
+
+    >>> print(_md_code("tiny"), _md_code("a=`b` c=``d``"), _md_code("`x`"))
+    `tiny` ``` a=`b` c=``d`` ``` `` `x` ``
+    """
+    text = re.sub(r"\s+", " ", _text(value)).strip()
+    if not text:
+        return _Md("` `")
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[0] == "`" or text[-1] == "`" else ""
+    return _Md(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def _md_url(href: Any) -> _Md:
+    """``|url``: a link destination made by :func:`_href` (percent-encoded, ``./``-relative) with ``(``, ``)`` and
+    ``&`` percent-encoded too, so it cannot end early or hold an entity.
+
+    >>> print(_md_url("./E1/figures/a(1)&b.png"))
+    ./E1/figures/a%281%29%26b.png
+    """
+    return _Md(_text(href).replace("&", "%26").replace("(", "%28").replace(")", "%29"))
 
 
 def write_report(
@@ -411,10 +766,15 @@ def write_report(
         problems = found if problems is None else problems
     problems = list(problems or [])
     ctx = _context(results, problems)
-    env = _environment()
     paths = [out / "index.html", out / "README.md", out / "claims.json"]
-    atomic_write_text(paths[0], env.get_template("index.html.j2").render(ctx))
-    atomic_write_text(paths[1], env.get_template("README.md.j2").render(ctx))
+    for path in paths:  # written by renaming over them: never through a link, never over a folder
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            what = f"a symbolic link (to {os.readlink(path)!r})" if path.is_symlink() else "not a regular file"
+            raise UnsafePathError(f"{str(path)!r} is {what}; samkit writes its report only as plain files: remove it")
+    page = _environment().get_template("index.html.j2").render(ctx)
+    readme = _environment(markdown=True).get_template("README.md.j2").render(ctx)
+    atomic_write_text(paths[0], page)
+    atomic_write_text(paths[1], readme)
     write_json(
         paths[2],
         {
