@@ -13,10 +13,12 @@ a reader (or a rerun after a crash) sees either the old file or the complete new
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ __all__ = [
     "UnsafePathError",
     "refuse_links",
     "claim_folder",
+    "open_regular",
+    "file_head",
     "MARKER",
 ]
 
@@ -217,3 +221,37 @@ def claim_folder(folder: str | Path, *, ours: Callable[[Path], bool], what: str)
     if not marker.exists():
         atomic_write_text(marker, f"samkit writes {what} here; files in this folder may be replaced by samkit.\n")
     return folder
+
+
+def open_regular(path: str | Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """A descriptor of the regular file ``path`` opened with ``flags`` — never through a symbolic link (``O_NOFOLLOW``)
+    and never blocking on a FIFO (``O_NONBLOCK``) — else :class:`UnsafePathError` (a link, a folder, a FIFO, a device);
+    :class:`FileNotFoundError` when it is not there (without ``O_CREAT``)."""
+    path = Path(path)
+    extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | extra, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP or path.is_symlink():
+            raise UnsafePathError(
+                f"{str(path)!r} is a symbolic link; samkit does not follow links inside a results folder: remove it"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(
+            f"{str(path)!r} is not a regular file (a folder, a FIFO or a device); samkit reads only the files it "
+            "wrote: remove it"
+        )
+    os.set_blocking(fd, True)
+    return fd
+
+
+def file_head(path: str | Path, n: int = 4096) -> bytes | None:
+    """The first ``n`` bytes of the regular file ``path`` (read without following a link), or None when it cannot be
+    read that way: what recognising a file samkit wrote needs."""
+    try:
+        with os.fdopen(open_regular(path), "rb") as fh:
+            return fh.read(n)
+    except (OSError, UnsafePathError):
+        return None

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from samkit._io import MARKER, atomic_write_text, claim_folder, csv_text
+from samkit._io import MARKER, atomic_write_text, claim_folder, csv_text, file_head
 from samkit._progress import Progress, slots
 from samkit.experiments.executors import Executor, InlineExecutor, Task, unit_threads
 from samkit.experiments.runner import safe_name
@@ -154,12 +154,8 @@ def _is_sweep_entry(path: Path) -> bool:
         return path.is_file()
     if name not in ("sweep.csv", "sweep.png") or not path.is_file():
         return False
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError:
-        return False
-    return head.startswith(b"run," if name == "sweep.csv" else b"\x89PNG")
+    head = file_head(path, 16)
+    return head is not None and head.startswith(b"run," if name == "sweep.csv" else b"\x89PNG")
 
 
 def claim_sweep_folder(out: str | Path) -> Path:

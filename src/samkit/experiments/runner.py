@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
-import errno
 import fcntl
 import hashlib
 import importlib.util
@@ -38,7 +37,6 @@ import os
 import platform
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -48,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samkit._io import UnsafePathError, atomic_write_text, claim_folder, csv_text, write_csv
+from samkit._io import atomic_write_text, claim_folder, csv_text, file_head, open_regular, write_csv
 from samkit._progress import Progress, slots
 from samkit.experiments.base import (
     Claim,
@@ -326,18 +324,8 @@ def folder_lock(exp_dir: Path) -> Iterator[None]:
     """
     exp_dir.mkdir(parents=True, exist_ok=True)
     path = exp_dir / ".lock"
-    try:  # never through a link: a planted `.lock -> ~/notes.txt` must not make samkit truncate the user's file
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as err:
-        if path.is_symlink() or err.errno == errno.ELOOP:
-            raise UnsafePathError(
-                f"{str(path)!r} is a symbolic link; samkit does not follow links inside a results folder: remove it"
-            ) from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnsafePathError(f"{str(path)!r} is not a regular file: remove it")
-    fh = os.fdopen(fd, "r+")
+    # never through a link: a planted `.lock -> ~/notes.txt` must not make samkit truncate the user's file
+    fh = os.fdopen(open_regular(path, os.O_RDWR | os.O_CREAT), "r+")
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -711,9 +699,8 @@ def _is_results_entry(path: Path) -> bool:
     folder from before the marker): an experiment folder, or the report's files."""
     if path.is_dir():
         return any((path / n).exists() for n in ("config.json", "result.json", "failure.json", "units", ".lock"))
-    try:
-        head = path.read_bytes()[:4096]
-    except OSError:
+    head = file_head(path)
+    if head is None:
         return False
     if path.name == "README.md":
         return head.startswith(b"# samkit")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import fcntl
 import hashlib
 import io
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from samkit._io import UnsafePathError, refuse_links
+from samkit._io import UnsafePathError, open_regular, refuse_links
 from samkit.experiments.base import INCONCLUSIVE, NOT_EXERCISED, VERDICTS, ConfigError
 from samkit.experiments.runner import (
     DamagedDataError,
@@ -64,7 +63,6 @@ _READ_ERRORS = (LookupError, TypeError, AttributeError, ValueError, OSError, Rec
 _JUDGE_ERRORS = (*_READ_ERRORS, ArithmeticError, RuntimeError)
 #: The files of an experiment folder the report reads (or locks) by name: each must be a regular file when present.
 _FILES = ("config.json", "result.json", "failure.json", ".lock")
-_O_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 # ---------------------------------------------------------------------------------------------- reading the folder
@@ -107,25 +105,8 @@ def _check_folder(out: Path, exp_dir: Path) -> None:
             raise _not_regular(exp_dir / name)
 
 
-def _open_regular(path: Path) -> int:
-    """A read-only descriptor of the regular file ``path``, never through a link and never blocking (a FIFO);
-    :class:`FileNotFoundError` when it is not there, :class:`UnsafePathError` when it is not a regular file."""
-    try:
-        fd = os.open(path, _O_READ)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise UnsafePathError(
-                f"{str(path)!r} is a symbolic link; samkit does not follow links inside a results folder: remove it"
-            ) from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise _not_regular(path)
-    return fd
-
-
 def _read_bytes(path: Path) -> bytes:
-    fd = _open_regular(path)
+    fd = open_regular(path)
     with os.fdopen(fd, "rb") as fh:
         return fh.read()
 
@@ -137,7 +118,7 @@ def _reading(out: Path, exp_dir: Path) -> Iterator[str | None]:
     files are half written). The lock file is opened read-only, never created and never followed."""
     _check_folder(out, exp_dir)
     try:
-        fd = _open_regular(exp_dir / ".lock")
+        fd = open_regular(exp_dir / ".lock")
     except FileNotFoundError:
         yield None  # no run ever locked it (an older samkit): nothing to wait for
         return

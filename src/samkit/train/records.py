@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from samkit._io import atomic_write, atomic_write_text, claim_folder, csv_text, jsonable, write_csv
+from samkit._io import atomic_write, atomic_write_text, claim_folder, csv_text, file_head, jsonable, write_csv
 from samkit.train.config import TrainConfig, TrainError
 
 __all__ = [
@@ -205,10 +205,8 @@ def is_run_entry(path: Path) -> bool:
         return path.is_dir() and all(p.name.startswith("events.out.tfevents.") for p in path.iterdir())
     if name not in _RUN_FILES or not path.is_file():
         return False
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
+    head = file_head(path)
+    if head is None:
         return False
     if name == "metrics.csv":
         return head.startswith(_HEADER.encode())
