@@ -232,6 +232,18 @@ class PoolExecutor(Executor):
         ctx = multiprocessing.get_context("spawn")
         return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
 
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        """Submit with SIGINT ignored: a worker started by this call inherits that (an ignored signal stays ignored
+        across exec), so a Ctrl-C while it still imports torch prints no traceback from it; the driver handles it."""
+        assert self._pool is not None
+        if threading.current_thread() is not threading.main_thread():
+            return self._pool.submit(fn, *args)
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return self._pool.submit(fn, *args)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
     def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
         local = [t for t in tasks if not portable(t.fn)]
         if local:  # defined in a script or notebook: a worker process could not import it
@@ -248,7 +260,7 @@ class PoolExecutor(Executor):
                 futures = {}
                 for t in pending:
                     attempts[id(t)] += 1
-                    futures[self._pool.submit(_execute_or_error, t.fn, t.params)] = t
+                    futures[self._submit(_execute_or_error, t.fn, t.params)] = t
                 pending = []
                 broken = False
                 for fut in cf.as_completed(futures):
@@ -278,14 +290,16 @@ class PoolExecutor(Executor):
         if pool is None:
             return
         if kill:
+            # the workers first: the pool's manager thread then finds them gone and ends on its own, so neither
+            # shutdown() here nor the interpreter's exit (which joins that thread) can wait on a worker
             procs = list(getattr(pool, "_processes", {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
                 with contextlib.suppress(Exception):
                     p.kill()
             for p in procs:
                 with contextlib.suppress(Exception):
                     p.join(timeout=5)
+            pool.shutdown(wait=False, cancel_futures=True)
         else:
             pool.shutdown(wait=True)
 
