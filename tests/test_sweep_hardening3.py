@@ -140,6 +140,14 @@ def test_a_sweep_folder_of_an_older_samkit_is_rerun(tmp_path):
 # -- 6. Ctrl-C leaves no leaked semaphore --------------------------------------------------------------------------
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT handled by default and not blocked, as under a terminal. An ignored signal is
+    inherited across exec, and a shell starts background jobs with SIGINT ignored: CI launched that way made the
+    sweep ignore the test's Ctrl-C and hang (under `timeout`, which resets it, the test passed)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_on_a_pool_sweep_leaves_no_leaked_semaphore(tmp_path):
     """Before: after Ctrl-C the resource tracker warned `There appear to be 2 leaked semaphore objects`: each worker
     made a multiprocessing lock for a progress bar it never showed, and was killed holding it."""
@@ -147,7 +155,8 @@ def test_ctrl_c_on_a_pool_sweep_leaves_no_leaked_semaphore(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), SAMKIT_THREADS="1")
     argv = [*TINY, "--epochs", "100000", "--rho", "0.1,0.2", "--jobs", "2", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "samkit", "sweep", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)  # fmt: skip
     try:
         deadline = time.monotonic() + 90
         while len(list((out / "runs").glob("*/checkpoint.pt"))) < 2 and time.monotonic() < deadline:
