@@ -198,7 +198,18 @@ def claim_folder(folder: str | Path, *, ours: Callable[[Path], bool], what: str)
     :data:`MARKER`, or one whose every entry ``ours(path)`` recognises as samkit's own (a folder written by an older
     samkit), is marked and returned; a folder holding anything else (``--out .`` in a project, a home folder) raises
     :class:`UnsafePathError`, so samkit never overwrites a file it did not write. Links inside are refused
-    (:func:`refuse_links`)."""
+    (:func:`refuse_links`).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> claim_folder(d / "new", ours=lambda p: False, what="results folder") == d / "new", (d / "new" / MARKER).is_file()
+    (True, True)
+    >>> (d / "project").mkdir(); _ = (d / "project" / "README.md").write_text("mine")
+    >>> claim_folder(d / "project", ours=lambda p: False, what="results folder")
+    Traceback (most recent call last):
+    ...
+    samkit._io.UnsafePathError: results folder ... holds files samkit did not write ('README.md'): ...
+    """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UnsafePathError(f"{what} {str(folder)!r} exists and is not a folder: choose a new or empty folder")
@@ -226,7 +237,18 @@ def claim_folder(folder: str | Path, *, ours: Callable[[Path], bool], what: str)
 def open_regular(path: str | Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
     """A descriptor of the regular file ``path`` opened with ``flags`` — never through a symbolic link (``O_NOFOLLOW``)
     and never blocking on a FIFO (``O_NONBLOCK``) — else :class:`UnsafePathError` (a link, a folder, a FIFO, a device);
-    :class:`FileNotFoundError` when it is not there (without ``O_CREAT``)."""
+    :class:`FileNotFoundError` when it is not there (without ``O_CREAT``).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> (d / "lock").symlink_to(d / "notes.txt")
+    >>> open_regular(d / "lock", os.O_RDWR | os.O_CREAT)
+    Traceback (most recent call last):
+    ...
+    samkit._io.UnsafePathError: ... is a symbolic link; samkit does not follow links inside a results folder: remove it
+    >>> (d / "notes.txt").exists()
+    False
+    """
     path = Path(path)
     extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -249,7 +271,14 @@ def open_regular(path: str | Path, flags: int = os.O_RDONLY, mode: int = 0o644) 
 
 def file_head(path: str | Path, n: int = 4096) -> bytes | None:
     """The first ``n`` bytes of the regular file ``path`` (read without following a link), or None when it cannot be
-    read that way: what recognising a file samkit wrote needs."""
+    read that way: what recognising a file samkit wrote needs.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.csv").write_text("run,rho\\n")
+    >>> file_head(d / "a.csv", 4), file_head(d / "missing.csv")
+    (b'run,', None)
+    """
     try:
         with os.fdopen(open_regular(path), "rb") as fh:
             return fh.read(n)
