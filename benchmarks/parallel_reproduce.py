@@ -23,14 +23,11 @@ from pathlib import Path
 
 from samkit.experiments import get
 from samkit.experiments.executors import InlineExecutor, PoolExecutor, RayExecutor, Task
-from samkit.experiments.runner import run_experiments
+from samkit.experiments.runner import PlanItem, run_experiments
 
 
 def _reproduce(names, preset, executor, out):
-    plan = []
-    for n in names:
-        exp = get(n)
-        plan.append((exp, preset, [], exp.config(preset)))
+    plan = [PlanItem.of(get(n), preset) for n in names]
     t0 = time.perf_counter()
     results, failures = run_experiments(plan, out, executor, progress=False)
     if failures:

@@ -52,7 +52,7 @@ def test_device_sets_the_device_key_of_the_experiments_that_train_only(tmp_path,
     seen = {}
 
     def fake_run_experiments(plan, out, executor, **kw):
-        seen.update({exp.name: (list(overrides), cfg.get("device")) for exp, _, overrides, cfg in plan})
+        seen.update({i.exp.name: (list(i.overrides), i.config.get("device")) for i in plan.items})
         return [], []
 
     monkeypatch.setattr(cli, "run_experiments", fake_run_experiments)

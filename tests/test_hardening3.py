@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 import samkit._io
+import samkit.experiments.provenance as provenance
 import samkit.experiments.runner as runner
+import samkit.experiments.store as store
 from samkit._io import MARKER, atomic_write_text
 from samkit.cli import main
 from samkit.experiments import register
@@ -306,7 +308,7 @@ def test_cuda_without_a_gpu_is_refused_before_any_unit(tmp_path, capsys, monkeyp
 def test_a_path_too_long_for_the_files_inside_is_refused_before_any_unit(squares, tmp_path, capsys):
     """Before: a 4 000-character path failed only after the units ran."""
     deep = tmp_path
-    while len(str(deep)) < runner._PATH_MAX - 100:
+    while len(str(deep)) < store._PATH_MAX - 100:
         deep = deep / ("d" * 200)
     assert _run(deep) == 2
     assert "path is too long" in _err(capsys)
@@ -315,9 +317,9 @@ def test_a_path_too_long_for_the_files_inside_is_refused_before_any_unit(squares
 # -- provenance -----------------------------------------------------------------------------------------------------
 def test_the_git_commit_is_samkits_not_an_enclosing_projects(tmp_path):
     """Before: `git_commit` came from whatever repository enclosed the installed package."""
-    here = runner._git_commit()
-    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", runner.__file__], capture_output=True,
-                             cwd=Path(runner.__file__).parent).returncode == 0  # fmt: skip
+    here = provenance._git_commit()
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", provenance.__file__], capture_output=True,
+                             cwd=Path(provenance.__file__).parent).returncode == 0  # fmt: skip
     assert (here is not None) == tracked
     project = tmp_path / "project"
     (project / "venv" / "samkit").mkdir(parents=True)
@@ -328,4 +330,4 @@ def test_the_git_commit_is_samkits_not_an_enclosing_projects(tmp_path):
     subprocess.run([*git, "commit", "-qm", "x"], cwd=project, check=True)
     copy = project / "venv" / "samkit" / "runner.py"
     atomic_write_text(copy, "# an installed copy, not tracked by the project\n")
-    assert runner._git_commit(copy) is None
+    assert provenance._git_commit(copy) is None

@@ -50,7 +50,7 @@ def test_a_threshold_edited_into_config_json_is_refused(tmp_path, capsys):
     assert len(lines) == 1 and str(cfg) in lines[0] and "was edited" in lines[0] and "fail differ" in lines[0]
     assert "Traceback" not in err
     results, problems = collect(tmp_path)
-    assert results == [] and problems[0]["kind"] == "damaged"
+    assert results == [] and problems[0].kind == "damaged"
     page = (tmp_path / "index.html").read_text()
     assert "0 of 0 claims PASS" in page and "id='JUDGED-J.2'" not in page  # neither the PASS nor the old FAIL
     claims = json.loads((tmp_path / "claims.json").read_text())

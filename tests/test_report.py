@@ -100,7 +100,7 @@ def test_an_out_of_date_result_is_not_shown_and_report_recomputes_it(tmp_path, c
     r["config_hash"] = "from-another-config"
     rpath.write_text(json.dumps(r))
     results, problems = collect(tmp_path)
-    assert results == [] and "is out of date" in problems[0]["reason"]
+    assert results == [] and "is out of date" in problems[0].reason
     assert main(["report", str(tmp_path)]) == 0
     assert collect(tmp_path)[1] == []
 
@@ -143,4 +143,4 @@ def test_a_folder_holding_another_experiments_files_is_damaged(tmp_path):
     shutil.copytree(tmp_path / "JUDGED", tmp_path / "ABSENT")
     results, problems = collect(tmp_path)
     assert [r["experiment"] for r in results] == ["JUDGED"]
-    assert problems[0]["experiment"] == "ABSENT" and "is the config of experiment 'JUDGED'" in problems[0]["reason"]
+    assert problems[0].experiment == "ABSENT" and "is the config of experiment 'JUDGED'" in problems[0].reason

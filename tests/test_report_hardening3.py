@@ -25,7 +25,7 @@ from samkit import cli, report
 from samkit._io import UnsafePathError
 from samkit.cli import main
 from samkit.experiments import _REGISTRY, register
-from samkit.experiments import runner as runner_module
+from samkit.experiments import store as store_module
 from samkit.experiments.runner import folder_lock, run_experiment
 from samkit.report import collect, write_report
 
@@ -172,8 +172,8 @@ def test_a_config_json_of_another_layout_is_one_damaged_experiment(folder):
     results, problems, _ = _report(folder)
     assert _names(results) == ["OTHER"]
     (p,) = problems
-    assert p["experiment"] == "JUDGED" and p["kind"] == "damaged"
-    assert str(cfg_path) in p["reason"] and "records table 'squares.csv' as ['rows', 3]" in p["reason"]
+    assert p.experiment == "JUDGED" and p.kind == "damaged"
+    assert str(cfg_path) in p.reason and "records table 'squares.csv' as ['rows', 3]" in p.reason
     md, page = (folder / "README.md").read_text(), (folder / "index.html").read_text()
     assert "did not finish or is damaged: JUDGED." in md and "### OTHER: Another toy" in md
     assert "did not finish or is damaged: JUDGED." in page and "id='OTHER-J.1'" in page
@@ -185,10 +185,10 @@ def test_a_config_json_without_a_table_the_code_needs_is_one_damaged_experiment(
     cfg["tables"] = {}  # an older layout: finalize() raises KeyError('squares')
     cfg_path.write_text(json.dumps(cfg))
     results, problems = collect(folder)  # before: the stale result.json was shown
-    assert _names(results) == ["OTHER"] and "result.json' is out of date" in problems[0]["reason"]
+    assert _names(results) == ["OTHER"] and "result.json' is out of date" in problems[0].reason
     results, problems, _ = _report(folder)
-    assert _names(results) == ["OTHER"] and [p["experiment"] for p in problems] == ["JUDGED"]
-    assert str(cfg_path) in problems[0]["reason"] and "KeyError: 'squares'" in problems[0]["reason"]
+    assert _names(results) == ["OTHER"] and [p.experiment for p in problems] == ["JUDGED"]
+    assert str(cfg_path) in problems[0].reason and "KeyError: 'squares'" in problems[0].reason
     assert "KeyError: &#39;squares&#39;" in (folder / "index.html").read_text()
 
 
@@ -198,28 +198,28 @@ def test_a_result_json_of_another_shape_is_one_damaged_experiment(folder):
     r["figures"][0]["claims"] = 5  # before: TypeError while writing the report
     path.write_text(json.dumps(r))
     results, problems = collect(folder)
-    assert _names(results) == ["OTHER"] and "result.json' is not a samkit result" in problems[0]["reason"]
+    assert _names(results) == ["OTHER"] and "result.json' is not a samkit result" in problems[0].reason
     write_report(folder, results, problems)
 
 
 @pytest.fixture
 def no_unchecked_decoding(monkeypatch):
     """Fail when the JUDGED tables are decoded (by finalize's load_tables) before their checksum matched."""
-    real = runner_module.read_table
+    real = store_module.read_table
 
     def read_table(path):
         assert "JUDGED" not in str(path), f"{path} decoded before its checksum was checked"
         return real(path)
 
-    monkeypatch.setattr(runner_module, "read_table", read_table)
+    monkeypatch.setattr(store_module, "read_table", read_table)
 
 
 def test_a_non_utf8_byte_in_a_table_is_damaged_and_nothing_is_decoded_first(folder, no_unchecked_decoding):
     csv = folder / "JUDGED" / "data" / "squares.csv"
     csv.write_bytes(csv.read_bytes().replace(b"key", b"k\xffy"))  # before: UnicodeDecodeError, exit 2, no report
     results, problems, _ = _report(folder)
-    assert _names(results) == ["OTHER"] and problems[0]["experiment"] == "JUDGED"
-    assert f"{str(csv)!r} is damaged: its sha256 differs" in problems[0]["reason"]
+    assert _names(results) == ["OTHER"] and problems[0].experiment == "JUDGED"
+    assert f"{str(csv)!r} is damaged: its sha256 differs" in problems[0].reason
 
 
 def test_a_non_utf8_table_whose_checksum_was_edited_too_is_damaged(folder, no_unchecked_decoding):
@@ -232,7 +232,7 @@ def test_a_non_utf8_table_whose_checksum_was_edited_too_is_damaged(folder, no_un
     cfg_path.write_text(json.dumps(cfg))
     results, problems, _ = _report(folder)
     assert _names(results) == ["OTHER"]
-    assert f"{str(csv)!r} is damaged: it is not UTF-8 text (byte 0xff at offset 1)" in problems[0]["reason"]
+    assert f"{str(csv)!r} is damaged: it is not UTF-8 text (byte 0xff at offset 1)" in problems[0].reason
 
 
 CLI_USES_REJUDGE = "rejudge" in inspect.getsource(cli._report)
@@ -268,9 +268,9 @@ def test_a_linked_experiment_folder_is_reported_and_not_followed(folder, tmp_pat
     before = _snapshot(elsewhere)
     results, problems, _ = _report(folder)
     assert _snapshot(elsewhere) == before  # nothing written there
-    assert _names(results) == ["OTHER"] and problems[0]["experiment"] == "JUDGED"
-    assert f"{str(folder / 'JUDGED')!r} is a symbolic link" in problems[0]["reason"]
-    assert problems[0]["title"] == Judged.title  # from samkit's registry, not read through the link
+    assert _names(results) == ["OTHER"] and problems[0].experiment == "JUDGED"
+    assert f"{str(folder / 'JUDGED')!r} is a symbolic link" in problems[0].reason
+    assert problems[0].title == Judged.title  # from samkit's registry, not read through the link
     assert "is a symbolic link" in (folder / "index.html").read_text()
 
 
@@ -282,8 +282,8 @@ def test_a_link_inside_an_experiment_folder_is_reported_and_not_followed(folder,
     before = _snapshot(elsewhere)
     results, problems, _ = _report(folder)
     assert _snapshot(elsewhere) == before
-    assert _names(results) == ["JUDGED"] and problems[0]["experiment"] == "OTHER"
-    assert f"{str(folder / 'OTHER' / 'figures')!r} is a symbolic link" in problems[0]["reason"]
+    assert _names(results) == ["JUDGED"] and problems[0].experiment == "OTHER"
+    assert f"{str(folder / 'OTHER' / 'figures')!r} is a symbolic link" in problems[0].reason
 
 
 def test_the_report_is_not_written_through_links_but_the_folder_may_be_one(folder, tmp_path):
@@ -310,9 +310,9 @@ def test_a_running_experiment_is_reported_as_running_and_not_judged(folder):
     with folder_lock(folder / "JUDGED"):  # what a `samkit run` writing there holds
         results, problems, _ = _report(folder)
         assert not (folder / "JUDGED" / "result.json").exists()  # not redrawn from half-written files
-    assert _names(results) == ["OTHER"] and problems[0]["experiment"] == "JUDGED"
-    assert problems[0]["kind"] == "running"
-    assert f"is running (locked by samkit pid {os.getpid()}" in problems[0]["reason"]
+    assert _names(results) == ["OTHER"] and problems[0].experiment == "JUDGED"
+    assert problems[0].kind == "running"
+    assert f"is running (locked by samkit pid {os.getpid()}" in problems[0].reason
     assert "**running:**" in (folder / "README.md").read_text()
     assert "did not finish, is damaged or is running: JUDGED." in (folder / "index.html").read_text()
     results, problems, _ = _report(folder)  # the run is over: judged again
@@ -350,5 +350,5 @@ def test_a_fifo_in_an_experiment_folder_is_reported_without_blocking(folder, nam
     os.mkfifo(folder / "JUDGED" / name)
     with _deadline(20):
         results, problems, _ = _report(folder)
-    assert _names(results) == ["OTHER"] and problems[0]["experiment"] == "JUDGED"
-    assert f"{str(folder / 'JUDGED' / name)!r} is not a regular file" in problems[0]["reason"]
+    assert _names(results) == ["OTHER"] and problems[0].experiment == "JUDGED"
+    assert f"{str(folder / 'JUDGED' / name)!r} is not a regular file" in problems[0].reason

@@ -38,7 +38,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +47,13 @@ from samkit.data import DATASETS
 from samkit.experiments import describe, get, names
 from samkit.experiments.base import PRESETS, ConfigError
 from samkit.experiments.executors import Executor, RayMissingError, default_jobs, make_executor
-from samkit.experiments.runner import (
-    DamagedDataError,
-    Failure,
-    UnitError,
-    check_gpu_request,
-    claim_results_folder,
-    ensure_writable,
-    folder_lock,
-    run_experiments,
-)
+from samkit.experiments.locking import folder_lock
+from samkit.experiments.plan import Plan, make_plan
+from samkit.experiments.results import ExperimentResult, Tally, experiment_dirs
+from samkit.experiments.runner import UnitError, run_experiments
+from samkit.experiments.store import DamagedDataError, claim_results_folder, ensure_writable
 from samkit.models import MODELS
-from samkit.report import collect, rejudge, summary, write_report
+from samkit.report import collect, rejudge, write_report
 from samkit.sweep import SweepRun, claim_sweep_folder, expand_grid, run_name, run_sweep
 from samkit.train import TrainConfig, train
 from samkit.train.config import DEVICES, GSAM_ALPHA, OPTIMIZERS, PERTURBATIONS, SCHEDULES
@@ -314,13 +309,15 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, grid: bool = False) -> N
         help="per-step learning-rate schedule: cosine to 0, constant, or decay (constant, then linear to 0 over "
         "the last --decay-frac of the steps) (default: %(default)s)",
     )
-    a("--decay-frac", type=float, default=d.decay_frac, help="--schedule decay: the fraction in (0, 1] of the steps "
-      "over which the learning rate falls linearly to 0 (default: %(default)s)")  # fmt: skip
+    decay_help = (
+        "--schedule decay: the fraction in (0, 1] of the steps over which the learning rate falls linearly to 0"
+    )
+    a("--decay-frac", type=float, default=d.decay_frac, help=decay_help + " (default: %(default)s)")
     a("--seed", type=int, default=d.seed, help="default: %(default)s")
     a("--out", default=None, type=_folder, help="output folder (default: runs/DATASET-MODEL-OPTIMIZER-rhoR-lrL-sSEED)")
     a("--data-dir", default=None, help="data folder (default: $SAMKIT_DATA_DIR, then /usr/share/datasets/...)")
-    a("--no-verify-data", dest="verify_data", action="store_false", help="read data files whose checksum is not the "
-      "official one (CIFAR-10 batches are still read by the restricted reader)")  # fmt: skip
+    unverified = "read data files whose checksum is not the official one (CIFAR-10 batches are still read by the "
+    a("--no-verify-data", dest="verify_data", action="store_false", help=unverified + "restricted reader)")
     a("--subset", type=_opt_int, default=None, metavar="N", help="train on the first N training examples")
     a("--test-subset", type=_opt_int, default=None, metavar="N", help="test on the first N test examples")
     aug = p.add_mutually_exclusive_group()  # a switch: not swept
@@ -372,18 +369,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_claims(result: Mapping[str, Any]) -> None:
-    for c in result["claims"]:
-        print(
-            f"  [{c.get('verdict', 'PASS' if c['passed'] else 'FAIL')}] {c['id']}: {c['statement']} — measured {c['measured']}"
-        )
-
-
-def _exit_code(results: Sequence[Mapping[str, Any]], failures: Sequence[Failure]) -> int:
-    if failures:
-        return 3
-    passed, total = summary(results)
-    return 0 if passed == total else 1
+def _print_claims(result: ExperimentResult) -> None:
+    for c in result.claims:
+        print(f"  [{c.verdict}] {c.id}: {c.statement} — measured {c.measured}")
 
 
 def _run(
@@ -394,39 +382,31 @@ def _run(
     progress: bool,
     args: argparse.Namespace,
 ) -> int:
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    exps = [get(n) for n in experiments]
     _warn_repeated(overrides)
-    device = [f"device={args.device}"] if args.device else []
-    per_exp = [[*overrides, *(device if "device" in e.schema else [])] for e in exps]
-    configs = [e.config(preset, o) for e, o in zip(exps, per_exp)]  # validate every override before any work
+    # every override of every experiment, and the GPU request, checked before any work
+    plan = Plan(make_plan([get(n) for n in experiments], preset, overrides, device=args.device), args.gpus_per_unit)
     if args.executor != "ray":  # a Ray cluster's workers may have GPUs this machine has not
-        _check_local_device(exps, configs)
+        plan.check_local_devices()
     ensure_writable(out)
     t0 = time.perf_counter()
 
-    def show(res: Mapping[str, Any]) -> None:
+    def show(res: ExperimentResult) -> None:
         run = res["run"]
         compute = run.get("unit_seconds") or 0.0
-        print(f"{res['experiment']} ({res['title']}): done after {run['seconds']:.1f} s, {run['units']} units "
-              f"({compute:.1f} s of compute), {run['units_cached']} cached", flush=True)  # fmt: skip
+        done = f"done after {run['seconds']:.1f} s, {run['units']} units ({compute:.1f} s of compute)"
+        print(f"{res['experiment']} ({res['title']}): {done}, {run['units_cached']} cached", flush=True)
         _print_claims(res)
 
-    plan = [(e, preset, o, c) for e, o, c in zip(exps, per_exp, configs)]
-    check_gpu_request(plan, args.gpus_per_unit)
     with _executor(args) as executor:
-        results, failures = run_experiments(
-            plan, out, executor, progress=progress, on_result=show, gpus_per_unit=args.gpus_per_unit
-        )
+        results, failures = run_experiments(plan, out, executor, progress=progress, on_result=show)
     for f in failures:
         sys.stderr.write(f"samkit: error: {f.reason}\n")
     paths = write_report(out)
-    passed, total = summary(results)
+    tally = Tally.of(results)
     not_run = f"; {len(failures)} experiment(s) did not finish" if failures else ""
-    print(f"{passed}/{total} claims PASS in {time.perf_counter() - t0:.1f} s{not_run}; "
-          f"report: {paths[0]} and {paths[1]}")  # fmt: skip
-    return _exit_code(results, failures)
+    took = time.perf_counter() - t0
+    print(f"{tally.passed}/{tally.total} claims PASS in {took:.1f} s{not_run}; report: {paths[0]} and {paths[1]}")
+    return tally.exit_code(failures)
 
 
 def _warn_repeated(overrides: Sequence[str]) -> None:
@@ -442,25 +422,11 @@ def _warn_repeated(overrides: Sequence[str]) -> None:
         seen[key] = value
 
 
-def _check_local_device(exps: Sequence[Any], configs: Sequence[Mapping[str, Any]]) -> None:
-    """Refuse ``device=cuda`` before any unit starts when this machine has no CUDA device."""
-    wanted = [e.name for e, c in zip(exps, configs) if str(c.get("device", "cpu")).startswith("cuda")]
-    if wanted:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"{', '.join(wanted)}: device=cuda but torch sees no CUDA device on this machine; use --device cpu, "
-                "or --executor ray with a cluster that has GPUs"
-            )
-
-
 def _report(directory: Path) -> int:
     if not directory.is_dir():
         raise ConfigError(f"no such results directory {str(directory)!r}")
     claim_results_folder(ensure_writable(directory))  # never overwrite a README.md samkit did not write
-    dirs = sorted({p.parent for n in ("config.json", "result.json", "failure.json") for p in directory.glob(f"*/{n}")})
-    if not dirs:
+    if not experiment_dirs(directory):
         raise ConfigError(f"{str(directory)!r} holds no experiment results (run `samkit reproduce --out DIR` first)")
     # redraw every experiment that checks out; links, locks and damage are left to collect(), which names them
     errors, warnings = rejudge(directory)
@@ -468,12 +434,12 @@ def _report(directory: Path) -> int:
         sys.stderr.write(f"samkit: warning: {w}\n")
     results, problems = collect(directory, errors)
     for p in problems:
-        sys.stderr.write(f"samkit: error: {p['reason']}\n")
+        sys.stderr.write(f"samkit: error: {p.reason}\n")
     paths = write_report(directory, results, problems)
-    passed, total = summary(results)
+    tally = Tally.of(results)
     not_run = f"; {len(problems)} experiment(s) did not run, did not finish or are damaged" if problems else ""
-    print(f"{passed}/{total} claims PASS{not_run}; report: {paths[0]} and {paths[1]}")
-    return 3 if problems else 0 if passed == total else 1
+    print(f"{tally.passed}/{tally.total} claims PASS{not_run}; report: {paths[0]} and {paths[1]}")
+    return tally.exit_code(problems)
 
 
 def _sweep(args: argparse.Namespace) -> int:

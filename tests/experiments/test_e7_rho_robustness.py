@@ -73,10 +73,10 @@ def test_runs_train_on_the_cpu_unless_told_and_the_device_is_part_of_each_units_
 
 
 def test_the_cache_key_covers_the_training_code_not_the_analysis():
-    from samkit.experiments import runner
+    from samkit.experiments import provenance
 
     e7 = get("E7")
-    files = runner._fingerprint_files(e7)
+    files = provenance._fingerprint_files(e7)
     names = {p.name for p in files}
     assert "runs.py" in names and "config.py" in names and "train" in {p.parent.name for p in files}
     assert not {"claims.py", "figures.py", "analysis.py"} & {p.name for p in files if p.parent.name == "e7"}

@@ -18,6 +18,7 @@ from samkit.experiments.executors import InlineExecutor, PoolExecutor, Task, mak
 from samkit.experiments.runner import (
     DamagedDataError,
     LockedError,
+    PlanItem,
     UnitError,
     code_fingerprint,
     finalize,
@@ -203,7 +204,7 @@ def test_a_failed_run_leaves_the_previous_config_and_data_intact(squares, tmp_pa
 def test_a_missing_prerequisite_is_reported_before_any_unit_runs(squares, tmp_path, monkeypatch):
     monkeypatch.setenv("SAMKIT_TEST_MISSING", "the squares dataset is not installed")
     e1 = get("E1")
-    plan = [(squares, "tiny", [], squares.config("tiny")), (e1, "tiny", [], e1.config("tiny"))]
+    plan = [PlanItem.of(squares, "tiny"), PlanItem.of(e1, "tiny")]
     results, failures = run_experiments(plan, tmp_path, progress=False)
     assert [r["experiment"] for r in results] == ["E1"]
     assert [(f.experiment, f.kind) for f in failures] == [("SQUARES", "missing")]
@@ -227,9 +228,9 @@ def test_editing_the_code_of_an_experiment_recomputes_its_units(tmp_path, monkey
     (pkg / "editable_exp.py").write_text(src.replace('params["x"] ** 2', 'params["x"] ** 2 + 0'))
     sys.modules.pop("editable_exp")
     importlib.invalidate_caches()
-    from samkit.experiments import runner
+    from samkit.experiments import provenance
 
-    runner._FINGERPRINTS.clear()
+    provenance._FINGERPRINTS.clear()
     mod2 = importlib.import_module("editable_exp")
     assert code_fingerprint(mod2.Squares()) != before
     run_experiment(mod2.Squares(), "tiny", tmp_path / "out", progress=False, on_unit=lambda k, c: seen.append(c))
@@ -239,7 +240,7 @@ def test_editing_the_code_of_an_experiment_recomputes_its_units(tmp_path, monkey
 def test_the_fingerprint_covers_the_samkit_modules_an_experiment_imports():
     import ast
 
-    from samkit.experiments.runner import _module_file, _samkit_imports
+    from samkit.experiments.provenance import _module_file, _samkit_imports
 
     path = _module_file("samkit.experiments.e3_theorem1")
     deps = _samkit_imports(ast.parse(path.read_text()), "samkit.experiments.e3_theorem1")

@@ -29,6 +29,7 @@ from samkit.experiments.base import (
     fmt,
     stable_hash,
 )
+from samkit.experiments.results import sort_key as _sort_key
 from samkit.experiments.runner import finalize, run_experiment
 
 __all__ = [
@@ -83,11 +84,6 @@ def register(cls: type[Experiment]) -> type[Experiment]:
     cls().check_presets()
     _REGISTRY[cls.name] = cls
     return cls
-
-
-def _sort_key(name: str) -> tuple:
-    digits = "".join(ch for ch in name if ch.isdigit())
-    return (int(digits) if digits else 10**6, name)
 
 
 def names() -> list[str]:

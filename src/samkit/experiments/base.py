@@ -194,6 +194,15 @@ class Param:
     choices: tuple[str, ...] | None = None
     length: int | str | None = None
 
+    def example(self) -> Any:
+        """A value of this key's type, which :func:`parse_value` types a command-line value like.
+
+        >>> Param(list[int], "sizes").example(), Param(float, "eta").example()
+        ([0], 0.0)
+        """
+        one = {int: 0, float: 0.0, bool: False, str: ""}[self.item]
+        return [one] if self.is_list else one
+
     @property
     def item(self) -> type:
         """The type of the value, or of each element for a list."""
@@ -291,8 +300,15 @@ class Param:
         return "any integer" if self.item is int else "any finite number"
 
 
-def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a copy of ``config`` with ``key=value`` overrides applied, typed like the defaults."""
+def apply_overrides(
+    config: Mapping[str, Any], overrides: Iterable[str], schema: Mapping[str, Param] | None = None
+) -> dict[str, Any]:
+    """Return a copy of ``config`` with ``key=value`` overrides applied, each value typed by its key's
+    :class:`Param` in ``schema`` (:meth:`Param.example`), or like the default where no schema declares the key.
+
+    >>> apply_overrides({"eta": 1.0, "steps": 10}, ["steps=20", "eta=2"], {"eta": Param(float, "step size")})
+    {'eta': 2.0, 'steps': 20}
+    """
     out = dict(config)
     for item in overrides:
         if "=" not in item:
@@ -302,7 +318,8 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
         if key not in out:
             known = ", ".join(sorted(out))
             raise ConfigError(f"unknown config key {key!r} (known keys: {known})")
-        out[key] = parse_value(text, out[key], key)
+        like = schema[key].example() if schema is not None and key in schema else out[key]
+        out[key] = parse_value(text, like, key)
     return out
 
 
@@ -504,7 +521,7 @@ class Experiment:
         if preset not in self.presets:
             raise ConfigError(f"unknown preset {preset!r} for {self.name} (choose from {', '.join(self.presets)})")
         try:
-            config = apply_overrides(self.presets[preset], overrides)
+            config = apply_overrides(self.presets[preset], overrides, self.schema or None)
         except ConfigError as err:
             raise ConfigError(f"{self.name}: {err}") from None
         self.check_config(config)

@@ -32,7 +32,6 @@ import io
 import os
 import re
 import stat
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,19 @@ from urllib.parse import quote
 
 from samkit._io import UnsafePathError, open_regular, refuse_links
 from samkit.experiments.base import INCONCLUSIVE, NOT_EXERCISED, VERDICTS, ConfigError
-from samkit.experiments.runner import (
+from samkit.experiments.judging import finalize
+from samkit.experiments.results import (
+    PROBLEM_KINDS,
+    ExperimentResult,
+    Problem,
+    Tally,
+    experiment_dirs,
+    sort_key,
+    verdict_of,
+)
+from samkit.experiments.store import (
     DamagedDataError,
     atomic_write_text,
-    finalize,
     read_config,
     read_json,
     safe_name,
@@ -52,9 +60,6 @@ from samkit.experiments.runner import (
 )
 
 __all__ = ["collect", "collect_results", "rejudge", "write_report", "summary", "verdict_counts", "VERDICTS"]
-
-#: What a problem's ``kind`` means, in the report's words.
-_KINDS = {"missing": "did not run", "error": "did not finish", "damaged": "damaged", "running": "running"}
 _TITLE = "The Crucial Role of Normalization in Sharpness-Aware Minimization"
 #: What reading a file someone else may have written can raise besides a :class:`ConfigError` (a value of the wrong
 #: type or shape, a missing key, bytes that do not decode, a file that cannot be read, JSON nested too deep).
@@ -66,19 +71,6 @@ _FILES = ("config.json", "result.json", "failure.json", ".lock")
 
 
 # ---------------------------------------------------------------------------------------------- reading the folder
-def _sort_key(name: str) -> tuple:
-    from samkit.experiments import _sort_key as key
-
-    return key(name)
-
-
-def _experiment_dirs(out: Path) -> list[Path]:
-    """The experiment folders of ``out``: those holding a config, result or failure record, and those a run has
-    locked (a first run still writing), ordered E1, E2, ..."""
-    patterns = ("*/config.json", "*/result.json", "*/failure.json", "*/.lock")
-    return sorted({p.parent for pattern in patterns for p in out.glob(pattern)}, key=lambda d: _sort_key(d.name))
-
-
 def _one_line(text: Any, limit: int = 400) -> str:
     """``text`` on one line (every run of whitespace one space), at most ``limit`` characters."""
     line = " ".join(str(text).split())
@@ -181,7 +173,7 @@ def _check_tables(exp_dir: Path, manifest: Mapping[str, Any]) -> None:
             )
 
 
-def _inspect(out: Path, exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+def _inspect(out: Path, exp_dir: Path) -> tuple[ExperimentResult | None, Problem | None, bool]:
     """``(result, problem, readable)`` of one experiment folder: the result to show (None when it cannot be
     trusted), what is wrong (None when nothing is) and whether its files may be read at all (no link, no lock)."""
     name = exp_dir.name
@@ -201,7 +193,7 @@ def _inspect(out: Path, exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str,
         return None, _problem(name, reason, "damaged"), False
 
 
-def _inspect_files(exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def _inspect_files(exp_dir: Path) -> tuple[ExperimentResult | None, Problem | None]:
     """:func:`_inspect` of a folder that may be read: every failure lands in the problem, naming the file."""
     name = exp_dir.name
     current = exp_dir / "failure.json"
@@ -250,7 +242,7 @@ def _inspect_files(exp_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any]
         )
         return None, _problem(name, reason, "damaged")
     if failure is not None:
-        kind = failure.get("kind") if failure.get("kind") in _KINDS else "error"
+        kind = failure.get("kind") if failure.get("kind") in PROBLEM_KINDS else "error"
         kind = "error" if kind == "running" else kind  # only a held lock says that a run is running
         return result, _problem(name, str(failure.get("reason", "unknown reason")), kind, previous=result is not None)
     return result, None
@@ -270,7 +262,7 @@ def _experiment(name: str, exp_dir: Path) -> Any:
         ) from None
 
 
-def _checked_result(result: Any, exp_dir: Path) -> dict[str, Any]:
+def _checked_result(result: Any, exp_dir: Path) -> ExperimentResult:
     figures = result.get("figures", []) if isinstance(result, dict) else None
     ok = (
         isinstance(result, dict)
@@ -289,11 +281,11 @@ def _checked_result(result: Any, exp_dir: Path) -> dict[str, Any]:
     )
     if not ok:
         raise ConfigError(f"{str(exp_dir / 'result.json')!r} is not a samkit result; run `samkit report` to redo it")
-    return result
+    return ExperimentResult(result)
 
 
-def _problem(name: str, reason: str, kind: str, previous: bool = False) -> dict[str, Any]:
-    return {"experiment": name, "reason": _one_line(reason, 1000), "kind": kind, "previous": previous}
+def _problem(name: str, reason: str, kind: str, previous: bool = False) -> Problem:
+    return Problem(name, _one_line(reason, 1000), kind, previous)
 
 
 def _title_of(name: str, exp_dir: Path, readable: bool = True) -> str:
@@ -324,10 +316,10 @@ def _sentence(reason: str, name: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def collect(out: Path, errors: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def collect(out: Path, errors: Mapping[str, str] | None = None) -> tuple[list[ExperimentResult], list[Problem]]:
     """``(results, problems)`` of the results folder ``out``, each ordered by experiment (E1, E2, ...).
 
-    ``results``: the ``result.json`` of every experiment whose data checks out. ``problems``: one dict per
+    ``results``: the ``result.json`` of every experiment whose data checks out. ``problems``: one :class:`Problem` per
     experiment that did not run or did not finish in its last run (``kind`` ``"missing"`` or ``"error"``, from
     its ``failure.json``; ``previous`` says whether the results of an earlier complete run are still shown), whose
     files are damaged, out of date or unsafe to read (``kind`` ``"damaged"``: a file that does not check out, a
@@ -339,7 +331,7 @@ def collect(out: Path, errors: Mapping[str, str] | None = None) -> tuple[list[di
     out = Path(out)
     errors = dict(errors or {})
     results, problems = [], []
-    for d in _experiment_dirs(out):
+    for d in experiment_dirs(out):
         if d.name in errors:
             result, problem, readable = None, _problem(d.name, errors[d.name], "damaged"), False
         else:
@@ -348,7 +340,7 @@ def collect(out: Path, errors: Mapping[str, str] | None = None) -> tuple[list[di
             results.append(result)
         if problem is not None:
             if result is None:
-                problem["title"] = _title_of(d.name, d, readable)
+                problem.title = _title_of(d.name, d, readable)
             problems.append(problem)
     return results, problems
 
@@ -370,7 +362,7 @@ def rejudge(out: Path) -> tuple[dict[str, str], list[str]]:
     out = Path(out)
     errors: dict[str, str] = {}
     warnings: list[str] = []
-    for d in _experiment_dirs(out):
+    for d in experiment_dirs(out):
         what = f"{str(d / 'config.json')!r} and the tables it records"
         try:
             with _reading(out, d) as holder:
@@ -401,46 +393,25 @@ def rejudge(out: Path) -> tuple[dict[str, str], list[str]]:
     return errors, warnings
 
 
-def collect_results(out: Path) -> list[dict[str, Any]]:
+def collect_results(out: Path) -> list[ExperimentResult]:
     """The results of :func:`collect` (the experiments whose data checks out)."""
     return collect(out)[0]
 
 
 # ---------------------------------------------------------------------------------------------- counting
-def _verdict(claim: Mapping[str, Any]) -> str:
-    """PASS, FAIL, INCONCLUSIVE or NOT EXERCISED (results written before the other verdicts existed have only
-    ``passed``)."""
-    v = claim.get("verdict")
-    return v if v in VERDICTS else ("PASS" if claim.get("passed") else "FAIL")
-
-
 def summary(results: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-    """``(passed, total)`` over all claims."""
-    claims = [c for r in results for c in r["claims"]]
-    return sum(_verdict(c) == "PASS" for c in claims), len(claims)
+    """``(passed, total)`` over all claims (:class:`~samkit.experiments.results.Tally`)."""
+    tally = Tally.of(results)
+    return tally.passed, tally.total
 
 
 def verdict_counts(results: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """How many claims have each verdict, in :data:`VERDICTS` order.
+    """How many claims have each verdict, in :data:`VERDICTS` order (:class:`~samkit.experiments.results.Tally`).
 
-    >>> verdict_counts([{"claims": [{"verdict": "PASS"}, {"passed": False}, {"verdict": "NOT EXERCISED"}]}])
+    >>> verdict_counts([{"claims": [{"passed": True}, {"passed": False}, {"passed": True, "exercised": False}]}])
     {'FAIL': 1, 'INCONCLUSIVE': 0, 'NOT EXERCISED': 1, 'PASS': 1}
     """
-    counts = Counter(_verdict(c) for r in results for c in r["claims"])
-    return {v: counts.get(v, 0) for v in VERDICTS}
-
-
-def _not_exercised(counts: Mapping[str, int]) -> str:
-    """What the claims that neither PASS nor FAIL mean, e.g. `` (1 INCONCLUSIVE: ...)``."""
-    notes = []
-    if counts.get(INCONCLUSIVE):
-        notes.append(
-            f"{counts[INCONCLUSIVE]} INCONCLUSIVE: the interval over seeds straddles the threshold, more seeds "
-            "would decide"
-        )
-    if counts.get(NOT_EXERCISED):
-        notes.append(f"{counts[NOT_EXERCISED]} NOT EXERCISED: the data did not meet their precondition")
-    return f" ({'; '.join(notes)})" if notes else ""
+    return dict(Tally.of(results).counts)
 
 
 # ---------------------------------------------------------------------------------------------- the page's model
@@ -473,12 +444,12 @@ def _items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _section(name: str, result: Mapping[str, Any] | None, problem: Mapping[str, Any] | None) -> dict[str, Any]:
+def _section(name: str, result: Mapping[str, Any] | None, problem: Problem | None) -> dict[str, Any]:
     anchor = _anchor(name)
     sec: dict[str, Any] = {
         "name": name,
         "anchor": anchor,
-        "title": _text(result.get("title")) if result else _text((problem or {}).get("title")),
+        "title": _text(result.get("title")) if result else _text(problem.title if problem else ""),
         "summary": _text(result.get("summary")) if result else "",
         "problem": None,
         "counts": verdict_counts([result]) if result else dict.fromkeys(VERDICTS, 0),
@@ -488,16 +459,17 @@ def _section(name: str, result: Mapping[str, Any] | None, problem: Mapping[str, 
         "result_href": _href(name, "result.json") if result else None,
     }
     if problem is not None:
+        note = ""
+        if problem.previous:
+            note = " The results shown are those of its previous complete run."
+        elif problem.kind == "damaged":
+            note = " Its verdicts are not shown."
         sec["problem"] = {
-            "kind": problem["kind"],
-            "label": _KINDS.get(problem["kind"], "did not finish"),
-            "reason": _sentence(_text(problem["reason"]), name),
-            "previous": bool(problem.get("previous")),
-            "note": " The results shown are those of its previous complete run."
-            if problem.get("previous")
-            else " Its verdicts are not shown."
-            if problem["kind"] == "damaged"
-            else "",
+            "kind": problem.kind,
+            "label": problem.label,
+            "reason": _sentence(_text(problem.reason), name),
+            "previous": problem.previous,
+            "note": note,
         }
     if result is None:
         return sec
@@ -507,7 +479,7 @@ def _section(name: str, result: Mapping[str, Any] | None, problem: Mapping[str, 
     for c in _items(result.get("claims")):
         if not isinstance(c, dict):
             continue
-        verdict = _verdict(c)
+        verdict = verdict_of(c)
         groups.setdefault(_text(c.get("setting")), []).append(
             {
                 "id": _text(c.get("id")),
@@ -568,58 +540,54 @@ def _attention(sections: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         if s["problem"] is not None:
             p = s["problem"]
             shown = " The results shown are those of its previous complete run." if p["previous"] else ""
-            lines.append({"kind": p["kind"], "label": p["label"], "href": "#" + s["anchor"],
-                          "text": f"{s['name']}: {p['reason']}{shown}"})  # fmt: skip
+            text = f"{s['name']}: {p['reason']}{shown}"
+            lines.append({"kind": p["kind"], "label": p["label"], "href": "#" + s["anchor"], "text": text})
     for verdict in ("FAIL", INCONCLUSIVE, NOT_EXERCISED):
         for s in sections:
             for g in s["groups"]:
                 for c in g["claims"]:
                     if c["verdict"] == verdict:
-                        lines.append({"kind": c["css"], "label": verdict, "href": "#" + c["anchor"],
-                                      "text": f"{c['id']}: {c['statement']} — measured {c['measured']}"})  # fmt: skip
+                        text = f"{c['id']}: {c['statement']} — measured {c['measured']}"
+                        lines.append({"kind": c["css"], "label": verdict, "href": "#" + c["anchor"], "text": text})
     return lines
 
 
-def _context(results: Sequence[Mapping[str, Any]], problems: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _context(results: Sequence[Mapping[str, Any]], problems: Sequence[Problem]) -> dict[str, Any]:
     by_name = {str(r["experiment"]): r for r in results}
-    problem_of = {str(p["experiment"]): p for p in problems}
-    names = sorted(set(by_name) | set(problem_of), key=_sort_key)
+    problem_of = {p.experiment: p for p in problems}
+    names = sorted(set(by_name) | set(problem_of), key=sort_key)
     sections = [_section(n, by_name.get(n), problem_of.get(n)) for n in names]
-    counts = verdict_counts(results)
-    passed, total = summary(results)
+    tally = Tally.of(results)
     prov = next((r.get("provenance") for r in results if isinstance(r.get("provenance"), dict)), None)
+    keys = ("samkit", "torch", "numpy", "python", "git_commit", "platform")
     return {
         "title": _TITLE,
-        "passed": passed,
-        "total": total,
-        "counts": counts,
-        "not_exercised_note": _not_exercised(counts),
+        "passed": tally.passed,
+        "total": tally.total,
+        "counts": dict(tally.counts),
+        "not_exercised_note": tally.notes(),
         "not_run": len(problems),
         "not_run_note": _not_run(problems),
         "sections": sections,
         "attention": _attention(sections),
-        "provenance": None
-        if prov is None
-        else {
-            k: _text(prov.get(k)) for k in ("samkit", "torch", "numpy", "python", "git_commit", "platform")
-        },  # fmt: skip
+        "provenance": None if prov is None else {k: _text(prov.get(k)) for k in keys},
     }
 
 
-def _not_run(problems: Sequence[Mapping[str, Any]]) -> str:
+def _not_run(problems: Sequence[Problem]) -> str:
     """The summary's sentence on the experiments that did not run, did not finish, are damaged or are running, naming
     them, e.g. `` 1 experiment did not run, did not finish or is damaged: E7.``.
 
-    >>> _not_run([{"experiment": "E4", "kind": "damaged"}, {"experiment": "E5", "kind": "running"}])
+    >>> _not_run([Problem("E4", "edited", "damaged"), Problem("E5", "locked", "running")])
     ' 2 experiments did not run, did not finish, are damaged or are running: E4, E5.'
     """
     if not problems:
         return ""
     n = len(problems)
     verb = "are" if n > 1 else "is"
-    running = f", {verb} damaged or {verb} running" if any(p.get("kind") == "running" for p in problems) else ""
+    running = f", {verb} damaged or {verb} running" if any(p.kind == "running" for p in problems) else ""
     states = f"did not finish{running}" if running else f"did not finish or {verb} damaged"
-    names = ", ".join(_text(p.get("experiment")) for p in problems)
+    names = ", ".join(p.experiment for p in problems)
     return f" {n} experiment{'s' if n > 1 else ''} did not run, {states}: {names}."
 
 
@@ -734,7 +702,7 @@ def _md_url(href: Any) -> _Md:
 def write_report(
     out: Path,
     results: Sequence[Mapping[str, Any]] | None = None,
-    problems: Sequence[Mapping[str, Any]] | None = None,
+    problems: Sequence[Problem] | None = None,
 ) -> list[Path]:
     """Write ``index.html``, ``README.md`` and ``claims.json`` into ``out``; return their paths.
 
@@ -767,7 +735,10 @@ def write_report(
                 {"experiment": r["experiment"], "preset": r.get("preset"), "config_hash": r.get("config_hash")}
                 for r in results
             ],
-            "not_run": [{k: p[k] for k in ("experiment", "kind", "reason", "previous") if k in p} for p in problems],
+            "not_run": [
+                {"experiment": p.experiment, "kind": p.kind, "reason": p.reason, "previous": p.previous}
+                for p in problems
+            ],
             "claims": [c for r in results for c in r["claims"]],
         },
     )
