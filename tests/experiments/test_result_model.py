@@ -152,3 +152,26 @@ def test_all_verdict_orders_give_the_same_tally():
     claims = [_claim(v).to_dict() for v in VERDICTS]
     counts = {tuple(Tally.of([{"claims": list(p)}]).counts.items()) for p in itertools.permutations(claims)}
     assert len(counts) == 1
+
+
+def _meta(config):
+    from samkit.experiments.base import stable_hash
+
+    return {"experiment": "E4", "preset": "tiny", "overrides": [], "config": config, "config_hash": stable_hash(config)}
+
+
+def test_a_config_from_another_samkit_version_is_called_that_not_edited(tmp_path):
+    from samkit.experiments.store import StaleConfigError, TamperedConfigError, verify_config
+
+    e4 = get("E4")
+    cfg = json.loads(json.dumps(e4.config("tiny")))
+    verify_config(e4, _meta(cfg), tmp_path / "config.json")  # the config as written: fine
+    older = {k: v for k, v in cfg.items() if k != "seed"}  # an upgrade added `seed`
+    with pytest.raises(StaleConfigError, match="another samkit version .*lacks key\\(s\\) seed"):
+        verify_config(e4, _meta(older), tmp_path / "config.json")
+    with pytest.raises(StaleConfigError, match="has key\\(s\\) old_key this samkit does not know"):
+        verify_config(e4, _meta({**cfg, "old_key": 1}), tmp_path / "config.json")
+    edited = {**cfg, "seed": cfg["seed"] + 1}  # same keys, another value: edited
+    with pytest.raises(TamperedConfigError, match="was edited") as err:
+        verify_config(e4, _meta(edited), tmp_path / "config.json")
+    assert not isinstance(err.value, StaleConfigError)

@@ -36,6 +36,7 @@ __all__ = [
     "switch_over",
     "DamagedDataError",
     "TamperedConfigError",
+    "StaleConfigError",
     "read_config",
     "verify_config",
     "load_tables",
@@ -178,6 +179,11 @@ class TamperedConfigError(DamagedDataError):
     """``config.json`` is not the config that its preset and overrides give (edited after the run)."""
 
 
+class StaleConfigError(TamperedConfigError):
+    """``config.json`` has other keys than this samkit's schema: written by another samkit version (an upgrade that
+    added a key), so its results cannot be judged by this one; a rerun recomputes them."""
+
+
 def read_config(exp_dir: Path, exp: Experiment | None = None) -> dict[str, Any]:
     """Read and check ``EXP_DIR/config.json``: a clear :class:`ConfigError` when it is missing or damaged.
 
@@ -217,6 +223,13 @@ def verify_config(exp: Experiment, meta: Mapping[str, Any], path: Path) -> None:
             f"{str(path)!r}: its preset and overrides give no valid config ({err}); {rerun}"
         ) from None
     derived = json.loads(json.dumps(_jsonable(derived)))
+    added, dropped = sorted(set(derived) - set(meta["config"])), sorted(set(meta["config"]) - set(derived))
+    if added or dropped:
+        what = "; ".join(
+            [f"it lacks key(s) {', '.join(added)} of this samkit's schema"] * bool(added)
+            + [f"it has key(s) {', '.join(dropped)} this samkit does not know"] * bool(dropped)
+        )
+        raise StaleConfigError(f"{str(path)!r} was written by another samkit version ({what}); {rerun}")
     if derived != meta["config"] or stable_hash(derived) != meta.get("config_hash"):
         keys = sorted(k for k in set(derived) | set(meta["config"]) if derived.get(k) != meta["config"].get(k))
         what = f"key(s) {', '.join(keys)} differ" if keys else "its config_hash differs"
