@@ -86,19 +86,46 @@ def test_a_failing_unit_exits_3_and_names_it_while_the_report_is_still_written(s
 
 
 def test_sweep_command_runs_the_grid_and_resumes(tmp_path, capsys):
-    argv = ["sweep", "--out", str(tmp_path), "--jobs", "1", "--no-progress", "--dataset", "synthetic",
-            "--model", "mlp", "--epochs", "1", "--synthetic-train", "64", "--synthetic-test", "32",
-            "--batch-size", "32", "--optimizer", "sam,usam", "--rho", "0.05,0.5"]  # fmt: skip
+    argv = [
+        "sweep",
+        "--out",
+        str(tmp_path),
+        "--jobs",
+        "1",
+        "--no-progress",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--synthetic-train",
+        "64",
+        "--synthetic-test",
+        "32",
+        "--batch-size",
+        "32",
+        "--optimizer",
+        "sam,usam",
+        "--rho",
+        "0.05,0.5",
+    ]
     assert main(argv) == 0
     assert "4 runs (0 failed)" in capsys.readouterr().out
     table = read_table(tmp_path / "sweep.csv")
     assert [(r["optimizer"], r["rho"]) for r in table.rows] == [
-        ("sam", 0.05), ("sam", 0.5), ("usam", 0.05), ("usam", 0.5)
-    ]  # fmt: skip
+        ("sam", 0.05),
+        ("sam", 0.5),
+        ("usam", 0.05),
+        ("usam", 0.5),
+    ]
     assert all(r["status"] == "completed" and r["epochs_done"] == 1 for r in table.rows)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
-        "optimizer=sam,rho=0.05", "optimizer=sam,rho=0.5", "optimizer=usam,rho=0.05", "optimizer=usam,rho=0.5"
-    ]  # fmt: skip
+        "optimizer=sam,rho=0.05",
+        "optimizer=sam,rho=0.5",
+        "optimizer=usam,rho=0.05",
+        "optimizer=usam,rho=0.5",
+    ]
     before = (tmp_path / "sweep.csv").read_bytes()
     assert main(argv) == 0 and (tmp_path / "sweep.csv").read_bytes() == before
 

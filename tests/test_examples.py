@@ -72,8 +72,9 @@ def test_bn_amp_example_keeps_one_batchnorm_update_per_step():
 )
 def test_train_fashion_mnist_example_compares_sgd_sam_and_usam(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k != ENV_VAR}
-    out = _run("train_fashion_mnist.py", "--model", "mlp", "--subset", "500", "--epochs", "1",
-               "--out", str(tmp_path), env=env)  # fmt: skip
+    out = _run(
+        "train_fashion_mnist.py", "--model", "mlp", "--subset", "500", "--epochs", "1", "--out", str(tmp_path), env=env
+    )
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
     assert sorted(rows) == ["sam", "sgd", "usam"]
     for name, (acc, eig, _eps, status) in rows.items():

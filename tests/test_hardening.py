@@ -20,8 +20,26 @@ from samkit.experiments import register
 from samkit.experiments.executors import Task
 from samkit.experiments.runner import folder_lock
 
-SMALL = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "32", "--synthetic-train", "64",
-         "--synthetic-test", "32", "--image-size", "8", "--no-progress", "--threads", "1", "--epochs", "1", "--quiet"]  # fmt: skip
+SMALL = [
+    "--dataset",
+    "synthetic",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "32",
+    "--synthetic-train",
+    "64",
+    "--synthetic-test",
+    "32",
+    "--image-size",
+    "8",
+    "--no-progress",
+    "--threads",
+    "1",
+    "--epochs",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture
@@ -152,8 +170,20 @@ def test_progress_outside_a_terminal_is_plain_lines(tmp_path, capsys, squares):
 def test_a_long_unit_shows_a_heartbeat_naming_it(tmp_path, capsys, monkeypatch, squares):
     monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.2)
     monkeypatch.setattr(progress_mod, "_TICK_S", 0.05)
-    argv = ["run", "SQUARES", "--preset", "tiny", "--out", str(tmp_path), "--jobs", "1", "--set", "xs=3",
-            "--set", "sleep=1.0"]  # fmt: skip
+    argv = [
+        "run",
+        "SQUARES",
+        "--preset",
+        "tiny",
+        "--out",
+        str(tmp_path),
+        "--jobs",
+        "1",
+        "--set",
+        "xs=3",
+        "--set",
+        "sleep=1.0",
+    ]
     assert main(argv) == 0
     beats = [line for line in capsys.readouterr().err.splitlines() if line.startswith("SQUARES: 0/1 units done")]
     assert beats and all("running: SQUARES x3 (" in b for b in beats)

@@ -291,8 +291,10 @@ def test_more_jobs_than_cores_is_capped_with_a_warning(squares, tmp_path, capsys
 
 def test_a_grid_out_of_memorys_reach_is_refused_before_any_unit(tmp_path, capsys):
     """Before: `n_rho=100000` on the tiny preset allocated 7.5 GB before failing."""
-    assert main(["run", "E4", "--preset", "tiny", "--out", str(tmp_path / "R"), "--set", "n_rho=100000",
-                 "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(["run", "E4", "--preset", "tiny", "--out", str(tmp_path / "R"), "--set", "n_rho=100000", "--no-progress"])
+        == 2
+    )
     err = _err(capsys)
     assert "100000 values of rhos" in err and "memory out of reach" in err
     assert not list((tmp_path / "R" / "E4").glob("units/*"))
@@ -318,8 +320,14 @@ def test_a_path_too_long_for_the_files_inside_is_refused_before_any_unit(squares
 def test_the_git_commit_is_samkits_not_an_enclosing_projects(tmp_path):
     """Before: `git_commit` came from whatever repository enclosed the installed package."""
     here = provenance._git_commit()
-    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", provenance.__file__], capture_output=True,
-                             cwd=Path(provenance.__file__).parent).returncode == 0  # fmt: skip
+    tracked = (
+        subprocess.run(
+            ["git", "ls-files", "--error-unmatch", provenance.__file__],
+            capture_output=True,
+            cwd=Path(provenance.__file__).parent,
+        ).returncode
+        == 0
+    )
     assert (here is not None) == tracked
     project = tmp_path / "project"
     (project / "venv" / "samkit").mkdir(parents=True)

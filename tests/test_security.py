@@ -24,8 +24,25 @@ from samkit.report import write_report
 from samkit.train import TrainConfig, TrainError, train
 from samkit.train.records import load_checkpoint
 
-SMALL = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "32", "--synthetic-train", "64",
-         "--synthetic-test", "32", "--image-size", "8", "--no-progress", "--threads", "1", "--epochs", "2"]  # fmt: skip
+SMALL = [
+    "--dataset",
+    "synthetic",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "32",
+    "--synthetic-train",
+    "64",
+    "--synthetic-test",
+    "32",
+    "--image-size",
+    "8",
+    "--no-progress",
+    "--threads",
+    "1",
+    "--epochs",
+    "2",
+]
 
 
 class _System:
@@ -60,8 +77,21 @@ def _one_line_error(capsys, prefix: str = "samkit train: error: ") -> str:
 # ------------------------------------------------------------------------------------------------- checkpoints
 def _evil_checkpoint(path: Path, payload: object) -> None:
     """A file shaped like a samkit checkpoint whose model entry runs the payload when unpickled."""
-    torch.save({"version": 1, "config": {}, "epoch": 1, "step": 1, "model": payload, "optimizer": {},
-                "rng": torch.get_rng_state(), "rows": [], "status": "running", "summary": {}}, path)  # fmt: skip
+    torch.save(
+        {
+            "version": 1,
+            "config": {},
+            "epoch": 1,
+            "step": 1,
+            "model": payload,
+            "optimizer": {},
+            "rng": torch.get_rng_state(),
+            "rows": [],
+            "status": "running",
+            "summary": {},
+        },
+        path,
+    )
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
@@ -126,8 +156,19 @@ def test_a_foreign_but_harmless_checkpoint_is_not_a_samkit_checkpoint(tmp_path):
 
 
 def test_samkit_checkpoints_load_with_the_safe_loader(tmp_path):
-    cfg = TrainConfig(dataset="synthetic", model="resnet20", channels=3, image_size=8, synthetic_train=32,
-                      synthetic_test=16, batch_size=16, epochs=1, progress=False, quiet=True, out=str(tmp_path / "r"))  # fmt: skip
+    cfg = TrainConfig(
+        dataset="synthetic",
+        model="resnet20",
+        channels=3,
+        image_size=8,
+        synthetic_train=32,
+        synthetic_test=16,
+        batch_size=16,
+        epochs=1,
+        progress=False,
+        quiet=True,
+        out=str(tmp_path / "r"),
+    )
     train(cfg)
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)  # BatchNorm buffers, SAM state, RNG
     assert ckpt["status"] == "completed" and ckpt["rng"].dtype == torch.uint8
@@ -150,8 +191,20 @@ def test_a_malicious_cifar_batch_is_refused_and_runs_nothing(tmp_path, capsys, m
     write_folder(root, n=4)
     with open(root / "data_batch_1", "wb") as fh:
         pickle.dump(payload(marker), fh, protocol=2)
-    argv = ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", "mlp", "--epochs", "1",
-            "--no-progress", "--out", str(tmp_path / "run")] + ([] if verify else ["--no-verify-data"])  # fmt: skip
+    argv = [
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path),
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+    ] + ([] if verify else ["--no-verify-data"])
     assert main(argv) == 2
     err = _one_line_error(capsys)
     if verify:  # the checksum is checked before the file is read at all
@@ -216,7 +269,7 @@ def test_the_html_report_escapes_everything_it_reads(tmp_path):
                 "passed": True,
                 "figure": "f.png",
             }
-        ],  # fmt: skip
+        ],
         "figures": [
             {
                 "file": "x.png' onerror='alert(1)",
@@ -225,7 +278,7 @@ def test_the_html_report_escapes_everything_it_reads(tmp_path):
                 "claims": [evil],
                 "data": ["data/t.csv'><script>"],
             }
-        ],  # fmt: skip
+        ],
         "provenance": {"samkit": evil, "torch": evil, "numpy": evil, "python": evil, "platform": evil},
     }
     html_path = write_report(tmp_path, [result])[0]

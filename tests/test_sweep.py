@@ -14,9 +14,18 @@ from samkit.sweep import SweepRun, expand_grid, run_name, run_sweep
 from samkit.train import TrainConfig, TrainError
 
 BASE = TrainConfig(
-    dataset="synthetic", model="mlp", epochs=2, batch_size=32, lr=0.1, momentum=0.0, weight_decay=0.0,
-    synthetic_train=128, synthetic_test=64, progress=False, quiet=True,
-)  # fmt: skip
+    dataset="synthetic",
+    model="mlp",
+    epochs=2,
+    batch_size=32,
+    lr=0.1,
+    momentum=0.0,
+    weight_decay=0.0,
+    synthetic_train=128,
+    synthetic_test=64,
+    progress=False,
+    quiet=True,
+)
 
 
 def _runs(grid):

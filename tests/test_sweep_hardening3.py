@@ -21,11 +21,39 @@ from samkit.sweep import SweepRun, expand_grid, run_name, run_sweep
 from samkit.train import TrainConfig
 
 BASE = TrainConfig(
-    dataset="synthetic", model="mlp", epochs=1, batch_size=32, lr=0.1, momentum=0.0, weight_decay=0.0,
-    synthetic_train=64, synthetic_test=32, image_size=8, progress=False, quiet=True, threads=1,
-)  # fmt: skip
-TINY = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "1", "--batch-size", "32", "--synthetic-train", "64",
-        "--synthetic-test", "32", "--image-size", "8", "--jobs", "1", "--no-progress"]  # fmt: skip
+    dataset="synthetic",
+    model="mlp",
+    epochs=1,
+    batch_size=32,
+    lr=0.1,
+    momentum=0.0,
+    weight_decay=0.0,
+    synthetic_train=64,
+    synthetic_test=32,
+    image_size=8,
+    progress=False,
+    quiet=True,
+    threads=1,
+)
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--model",
+    "mlp",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--synthetic-train",
+    "64",
+    "--synthetic-test",
+    "32",
+    "--image-size",
+    "8",
+    "--jobs",
+    "1",
+    "--no-progress",
+]
 
 
 def _runs(grid):
@@ -154,9 +182,15 @@ def test_ctrl_c_on_a_pool_sweep_leaves_no_leaked_semaphore(tmp_path):
     out = tmp_path / "s"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), SAMKIT_THREADS="1")
     argv = [*TINY, "--epochs", "100000", "--rho", "0.1,0.2", "--jobs", "2", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "samkit", "sweep", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-                            preexec_fn=_ctrl_c_as_in_a_terminal)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "samkit", "sweep", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
+    )
     try:
         deadline = time.monotonic() + 90
         while len(list((out / "runs").glob("*/checkpoint.pt"))) < 2 and time.monotonic() < deadline:

@@ -14,8 +14,15 @@ NAME = "E4"
 
 def test_bisection_finds_the_boundary_to_its_tolerance():
     e4 = get("E4")
-    params = {"kind": "boundary", "etas": [0.005, 0.02], "bisect_rho_min": 1e-4, "bisect_rho_max": 1.0,
-              "bisect_tol": 0.01, "region_steps": 3000, "blowup": 1e12}  # fmt: skip
+    params = {
+        "kind": "boundary",
+        "etas": [0.005, 0.02],
+        "bisect_rho_min": 1e-4,
+        "bisect_rho_max": 1.0,
+        "bisect_tol": 0.01,
+        "region_steps": 3000,
+        "blowup": 1e12,
+    }
     r = e4.run_unit(params)
     lo, hi = np.array(r["rho_lo"]), np.array(r["rho_hi"])
     assert all(r["bracketed"]) and (hi / lo <= 1.01).all() and r["bisections"] == 10

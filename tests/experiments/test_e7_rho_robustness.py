@@ -22,7 +22,12 @@ def test_quick_is_the_mlp_near_interpolation_on_fourteen_paired_seeds():
     quick, full = e7.config("quick"), e7.config("full")
     assert quick["models"] == ["mlp"] and quick["subset"] == 1000 and quick["test_subset"] == 10000
     assert (quick["batch_size"], quick["epochs"], quick["lr"], quick["momentum"], quick["weight_decay"]) == (
-        100, 100, 0.3, 0.0, 0.0)  # fmt: skip
+        100,
+        100,
+        0.3,
+        0.0,
+        0.0,
+    )
     assert quick["schedule"] == "decay" and quick["decay_frac"] == 0.1 and quick["seeds"] == list(range(14))
     for cfg, lo, step in ((quick, -2, 0.5), (full, -3, 0.25)):
         rhos = sorted({u.params["rho"] for u in e7.units(cfg) if u.params["optimizer"] == "sam"})
@@ -196,13 +201,36 @@ def _tables(fails: dict, seeds=(0, 1, 2, 3), lam=None, usam_dyn=100.0):
                 rho = 0.0 if m == "sgd" else GRID[k]
                 div = m != "sgd" and k in fails.get((m, s), ())
                 lm = 1.0 if m == "sgd" else (lam(m, k, s) if lam else 1.0)
-                runs.append(dict(model="mlp", method=m, lr=0.3, rho=rho, seed=s, rho_index=k, diverged=div,
-                                 test_acc=float("nan") if div else 0.8, train_loss=0.01, top_eigenvalue=lm))  # fmt: skip
+                runs.append(
+                    dict(
+                        model="mlp",
+                        method=m,
+                        lr=0.3,
+                        rho=rho,
+                        seed=s,
+                        rho_index=k,
+                        diverged=div,
+                        test_acc=float("nan") if div else 0.8,
+                        train_loss=0.01,
+                        top_eigenvalue=lm,
+                    )
+                )
                 for ep in range(1, 6):
                     g = 2.0 * (usam_dyn ** (-(ep - 1) / 4))  # ‖g‖ decays usam_dyn× over training
                     eps = {"sgd": 0.0, "sam": rho, "usam": rho * g}[m]
-                    curves.append(dict(model="mlp", method=m, lr=0.3, rho=rho, seed=s, epoch=ep, grad_norm=g,
-                                       eps_norm=eps if m != "sgd" else float("nan"), train_loss=0.01))  # fmt: skip
+                    curves.append(
+                        dict(
+                            model="mlp",
+                            method=m,
+                            lr=0.3,
+                            rho=rho,
+                            seed=s,
+                            epoch=ep,
+                            grad_norm=g,
+                            eps_norm=eps if m != "sgd" else float("nan"),
+                            train_loss=0.01,
+                        )
+                    )
     return {"runs": Table(runs), "curves": Table(curves)}
 
 
@@ -254,7 +282,11 @@ def test_e7_1_is_inconclusive_when_half_the_seeds_tie():
     mixed = {**HOLDS, **{("usam", s): (5, 6) for s in (1, 3)}}  # seeds 1 and 3: USAM trains up to 1 like SAM
     got = _verdicts(_tables(mixed, lam=FLAT))
     assert got["E7.1-mlp"].verdict == INCONCLUSIVE and got["E7.1-mlp"].values["grid_steps"]["per_seed"] == {
-        "0": 3, "1": 0, "2": 3, "3": 0}  # fmt: skip
+        "0": 3,
+        "1": 0,
+        "2": 3,
+        "3": 0,
+    }
 
 
 def test_a_flatness_interval_that_straddles_the_threshold_is_inconclusive():

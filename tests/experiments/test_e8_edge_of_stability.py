@@ -207,8 +207,12 @@ def test_a_run_that_diverges_while_gd_reached_its_edge_fails(tiny, kit, method, 
 def test_a_plateau_that_never_settles_fails(tiny, kit):
     exp, _, cfg, data, _ = tiny
     steps = cfg["steps"][0]
-    wobble = kit.edit(data, "curves", {"method": "usam"},
-                      lam=lambda r: r["lam"] * (1.2 if r["step"] > 2 * steps / 3 and r["step"] % 80 == 0 else 1.0))  # fmt: skip
+    wobble = kit.edit(
+        data,
+        "curves",
+        {"method": "usam"},
+        lam=lambda r: r["lam"] * (1.2 if r["step"] > 2 * steps / 3 and r["step"] % 80 == 0 else 1.0),
+    )
     claims = {c.id: c for c in exp.claims(cfg, wobble)}
     assert claims["E8.2"].verdict == "FAIL" and "did not settle" in claims["E8.2"].measured
 
@@ -238,9 +242,16 @@ def test_report_shows_not_exercised_apart(tmp_path):
         Claim(id="X.3", passed=True, exercised=False, **kw),
     ]
     assert [c.verdict for c in claims] == ["PASS", "FAIL", "NOT EXERCISED"]
-    result = {"experiment": "X", "title": "t", "summary": "s", "preset": "tiny", "config_hash": "h",
-              "provenance": {"samkit": "0", "torch": "0", "numpy": "0", "python": "3", "platform": "p"},
-              "claims": [c.to_dict() for c in claims], "figures": []}  # fmt: skip
+    result = {
+        "experiment": "X",
+        "title": "t",
+        "summary": "s",
+        "preset": "tiny",
+        "config_hash": "h",
+        "provenance": {"samkit": "0", "torch": "0", "numpy": "0", "python": "3", "platform": "p"},
+        "claims": [c.to_dict() for c in claims],
+        "figures": [],
+    }
     assert [c["passed"] for c in result["claims"]] == [True, False, False]
     write_report(tmp_path, [result])
     md = (tmp_path / "README.md").read_text()

@@ -52,8 +52,10 @@ def test_a_result_written_before_the_newer_verdicts_is_judged_by_passed():
 
 def test_the_tally_counts_every_verdict_and_its_exit_code_is_the_clis():
     verdicts = ["PASS", "PASS", "FAIL", INCONCLUSIVE, NOT_EXERCISED]
-    results = [ExperimentResult({"experiment": "E1", "claims": [_claim(v).to_dict() for v in verdicts[:2]]}),
-               {"experiment": "E2", "claims": [_claim(v).to_dict() for v in verdicts[2:]]}]  # fmt: skip
+    results = [
+        ExperimentResult({"experiment": "E1", "claims": [_claim(v).to_dict() for v in verdicts[:2]]}),
+        {"experiment": "E2", "claims": [_claim(v).to_dict() for v in verdicts[2:]]},
+    ]
     t = Tally.of(results)
     assert t.counts == {"FAIL": 1, INCONCLUSIVE: 1, NOT_EXERCISED: 1, "PASS": 2}
     assert (t.passed, t.total) == (2, 5) == summary(results)
@@ -125,8 +127,13 @@ def test_overrides_are_typed_by_the_schema_not_by_the_presets_value():
 def test_the_runner_re_exports_the_names_of_the_modules_that_own_them():
     from samkit.experiments import judging, locking, plan, provenance, results, runner, store
 
-    owners = {store: store.__all__, locking: locking.__all__, provenance: provenance.__all__,
-              judging: judging.__all__, plan: ["Plan", "PlanItem", "check_sizes"]}  # fmt: skip
+    owners = {
+        store: store.__all__,
+        locking: locking.__all__,
+        provenance: provenance.__all__,
+        judging: judging.__all__,
+        plan: ["Plan", "PlanItem", "check_sizes"],
+    }
     for module, names in owners.items():
         for name in names:
             if name in runner.__all__:

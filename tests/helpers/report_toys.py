@@ -24,8 +24,10 @@ class Judged(Experiment):
     name = "JUDGED"
     title = "Judged <toy>"
     summary = "Squares three numbers and judges them."
-    presets = {p: {"seed": 0, "xs": [1.0, 2.0, 3.0], "fail": False, "exercised": True, "boom": -1.0}
-               for p in ("tiny", "quick", "full")}  # fmt: skip
+    presets = {
+        p: {"seed": 0, "xs": [1.0, 2.0, 3.0], "fail": False, "exercised": True, "boom": -1.0}
+        for p in ("tiny", "quick", "full")
+    }
 
     def units(self, config):
         return [Unit(f"x{x:g}", {"x": x, "boom": config["boom"]}) for x in config["xs"]]
@@ -41,13 +43,38 @@ class Judged(Experiment):
     def claims(self, config, data):
         ys = data["squares"].col("y")
         return [
-            Claim("J.1", "squares are non-negative", SETTING, "min y >= 0", f"min y = {ys.min():g}", "none",
-                  bool(ys.min() >= 0), figure="squares.png"),
-            Claim("J.2", "the toy passes unless told to fail", SETTING, "pass", "fail" if config["fail"] else "pass",
-                  "none", not config["fail"], figure="squares.png"),
-            Claim("J.3", "a claim whose precondition may not hold", OTHER_SETTING, "exercised", str(config["exercised"]),
-                  "none", True, exercised=config["exercised"], figure="a b#1.png"),
-        ]  # fmt: skip
+            Claim(
+                "J.1",
+                "squares are non-negative",
+                SETTING,
+                "min y >= 0",
+                f"min y = {ys.min():g}",
+                "none",
+                bool(ys.min() >= 0),
+                figure="squares.png",
+            ),
+            Claim(
+                "J.2",
+                "the toy passes unless told to fail",
+                SETTING,
+                "pass",
+                "fail" if config["fail"] else "pass",
+                "none",
+                not config["fail"],
+                figure="squares.png",
+            ),
+            Claim(
+                "J.3",
+                "a claim whose precondition may not hold",
+                OTHER_SETTING,
+                "exercised",
+                str(config["exercised"]),
+                "none",
+                True,
+                exercised=config["exercised"],
+                figure="a b#1.png",
+            ),
+        ]
 
     def figures(self, config, data, fig_dir):
         ys = data["squares"].col("y")
@@ -58,9 +85,14 @@ class Judged(Experiment):
             save_figure(fig, fig_dir / file)
         return [
             Figure("squares.png", "Squares", "The squares.", ["J.1", "J.2"], ["data/squares.csv"]),
-            Figure("a b#1.png", "A name to encode", "The same, under a file name with a space and a hash.", ["J.3"],
-                   ["data/squares.csv"]),
-        ]  # fmt: skip
+            Figure(
+                "a b#1.png",
+                "A name to encode",
+                "The same, under a file name with a space and a hash.",
+                ["J.3"],
+                ["data/squares.csv"],
+            ),
+        ]
 
 
 class Absent(Experiment):

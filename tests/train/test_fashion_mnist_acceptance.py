@@ -36,8 +36,22 @@ def _check(out: Path, min_acc: float) -> float:
 def test_mlp_two_epochs_reaches_85_percent(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     out = tmp_path / "mlp"
-    argv = ["--dataset", "fashion-mnist", "--model", "mlp", "--optimizer", "sam", "--epochs", "2",
-            "--threads", "1", "--no-progress", "--quiet", "--out", str(out)]  # fmt: skip
+    argv = [
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        "mlp",
+        "--optimizer",
+        "sam",
+        "--epochs",
+        "2",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert samkit_main(["train", *argv]) == 0
     _check(out, 0.85)
 
@@ -49,7 +63,18 @@ def test_readme_command_small_cnn_one_epoch_reaches_85_percent(tmp_path, monkeyp
         pytest.skip("slow: run with `pytest -m slow` or SAMKIT_SLOW=1")
     monkeypatch.delenv(ENV_VAR, raising=False)
     out = tmp_path / "cnn"
-    argv = ["--dataset", "fashion-mnist", "--model", "cnn", "--optimizer", "sam", "--epochs", "1",
-            "--no-progress", "--out", str(out)]  # fmt: skip
+    argv = [
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        "cnn",
+        "--optimizer",
+        "sam",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert samkit_main(["train", *argv]) == 0
     _check(out, 0.85)

@@ -18,10 +18,34 @@ from samkit.cli import main as samkit_main
 from samkit.train import TrainConfig, TrainError, train
 from samkit.train.records import CSV_FIELDS
 
-SMALL = dict(dataset="synthetic", model="mlp", batch_size=32, synthetic_train=96, synthetic_test=48, image_size=8,
-             progress=False, quiet=True, threads=1)  # fmt: skip
-SMALL_ARGS = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "32", "--synthetic-train", "96",
-              "--synthetic-test", "48", "--image-size", "8", "--no-progress", "--threads", "1"]  # fmt: skip
+SMALL = dict(
+    dataset="synthetic",
+    model="mlp",
+    batch_size=32,
+    synthetic_train=96,
+    synthetic_test=48,
+    image_size=8,
+    progress=False,
+    quiet=True,
+    threads=1,
+)
+SMALL_ARGS = [
+    "--dataset",
+    "synthetic",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "32",
+    "--synthetic-train",
+    "96",
+    "--synthetic-test",
+    "48",
+    "--image-size",
+    "8",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -61,8 +85,17 @@ def test_every_epoch_writes_the_same_number_of_bytes(tmp_path, monkeypatch):
         return run_epoch(run, epoch)
 
     monkeypatch.setattr(loop, "_run_epoch", counted)
-    cfg = TrainConfig(**dict(SMALL, optimizer="sgd", synthetic_train=32, synthetic_test=16, epochs=61,
-                             schedule="constant", out=str(tmp_path / "r")))  # fmt: skip
+    cfg = TrainConfig(
+        **dict(
+            SMALL,
+            optimizer="sgd",
+            synthetic_train=32,
+            synthetic_test=16,
+            epochs=61,
+            schedule="constant",
+            out=str(tmp_path / "r"),
+        )
+    )
     assert train(cfg)["status"] == "completed"
     per_epoch = [b - a for a, b in zip(marks, marks[1:])]  # epochs 1..59: training, then the epoch's writes
     early, late = per_epoch[5:15], per_epoch[45:]
@@ -104,8 +137,9 @@ def test_a_checkpoint_of_the_previous_format_still_resumes_bit_identically(tmp_p
     ckpt = torch.load(ckpt_path, weights_only=True)
     rows = list(part["history"])
     old = {k: ckpt[k] for k in ("config", "epoch", "step", "model", "optimizer", "rng", "elapsed", "status")}
-    old.update(version=1, rows=rows, summary=dict(json.loads((tmp_path / "b" / "summary.json").read_text()),
-                                                  history=rows))  # fmt: skip
+    old.update(
+        version=1, rows=rows, summary=dict(json.loads((tmp_path / "b" / "summary.json").read_text()), history=rows)
+    )
     torch.save(old, ckpt_path)
     (tmp_path / "b" / "metrics.csv").write_text(",".join(CSV_FIELDS) + "\n")  # lost rows: rewritten from the ckpt
     resumed = train(TrainConfig(**cfg, out=str(tmp_path / "b")), resume=True)

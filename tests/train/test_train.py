@@ -18,8 +18,23 @@ from samkit.cli import main as samkit_main
 from samkit.train import TrainConfig, TrainError, train
 
 SMALL = dict(dataset="synthetic", model="mlp", batch_size=32, synthetic_train=96, synthetic_test=48, image_size=8)
-SMALL_ARGS = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "32", "--synthetic-train", "96",
-              "--synthetic-test", "48", "--image-size", "8", "--no-progress", "--threads", "1"]  # fmt: skip
+SMALL_ARGS = [
+    "--dataset",
+    "synthetic",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "32",
+    "--synthetic-train",
+    "96",
+    "--synthetic-test",
+    "48",
+    "--image-size",
+    "8",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
 def main(argv: list[str]) -> int:
@@ -34,8 +49,23 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_cli_writes_csv_checkpoint_and_summary(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main([*SMALL_ARGS, "--optimizer", "sam", "--epochs", "2", "--sharpness-every", "1",
-                 "--sharpness-batches", "1", "--sharpness-batch-size", "32", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            *SMALL_ARGS,
+            "--optimizer",
+            "sam",
+            "--epochs",
+            "2",
+            "--sharpness-every",
+            "1",
+            "--sharpness-batches",
+            "1",
+            "--sharpness-batch-size",
+            "32",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     rows = _rows(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["status"] == "ok" for r in rows)
@@ -101,8 +131,19 @@ def test_resume_rejects_a_changed_config(tmp_path):
 
 
 def test_resnet20_with_batchnorm_trains_and_resumes(tmp_path):
-    cfg = dict(SMALL, model="resnet20", optimizer="sam", epochs=2, progress=False, synthetic_train=32,
-               synthetic_test=16, batch_size=16, image_size=8, channels=3, augment=True)  # fmt: skip
+    cfg = dict(
+        SMALL,
+        model="resnet20",
+        optimizer="sam",
+        epochs=2,
+        progress=False,
+        synthetic_train=32,
+        synthetic_test=16,
+        batch_size=16,
+        image_size=8,
+        channels=3,
+        augment=True,
+    )
     straight = train(TrainConfig(**cfg, out=str(tmp_path / "a")))
     train(TrainConfig(**cfg, out=str(tmp_path / "b")), stop_after_epoch=1)
     resumed = train(TrainConfig(**cfg, out=str(tmp_path / "b")), resume=True)
@@ -112,8 +153,25 @@ def test_resnet20_with_batchnorm_trains_and_resumes(tmp_path):
 
 def test_nan_loss_ends_the_run_as_diverged(tmp_path, capsys):
     out = tmp_path / "div"
-    code = main([*SMALL_ARGS, "--optimizer", "usam", "--rho", "1e4", "--lr", "5", "--momentum", "0",
-                 "--schedule", "constant", "--epochs", "5", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            *SMALL_ARGS,
+            "--optimizer",
+            "usam",
+            "--rho",
+            "1e4",
+            "--lr",
+            "5",
+            "--momentum",
+            "0",
+            "--schedule",
+            "constant",
+            "--epochs",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0  # divergence is a result, not a crash
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_epoch"] >= 1 and summary["diverged_step"] >= 1
@@ -121,8 +179,23 @@ def test_nan_loss_ends_the_run_as_diverged(tmp_path, capsys):
     assert rows[-1]["status"] == "diverged" and rows[-1]["epoch"] == str(summary["diverged_epoch"])
     assert "diverged" in capsys.readouterr().err
     # resuming a diverged run does nothing and keeps the verdict
-    again = train(TrainConfig(**dict(SMALL, optimizer="usam", rho=1e4, lr=5.0, momentum=0.0, schedule="constant",
-                                     epochs=5, progress=False, threads=1, out=str(out))), resume=True)  # fmt: skip
+    again = train(
+        TrainConfig(
+            **dict(
+                SMALL,
+                optimizer="usam",
+                rho=1e4,
+                lr=5.0,
+                momentum=0.0,
+                schedule="constant",
+                epochs=5,
+                progress=False,
+                threads=1,
+                out=str(out),
+            )
+        ),
+        resume=True,
+    )
     assert again["status"] == "diverged"
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)  # the last finite weights, marked diverged
     assert ckpt["status"] == "diverged" and ckpt["epoch"] == summary["diverged_epoch"] - 1
@@ -140,8 +213,22 @@ def test_torchrun_two_cpu_processes(tmp_path):
     """``torchrun --nproc_per_node=2 -m samkit.train ...`` with gloo on CPU (``-m samkit train`` is the same entry)."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "samkit.train",
-           *SMALL_ARGS, "--optimizer", "sam", "--epochs", "2", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "samkit.train",
+        *SMALL_ARGS,
+        "--optimizer",
+        "sam",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -167,8 +254,16 @@ def test_tensorboard_flag_without_the_package_is_a_one_line_error(tmp_path, caps
 def test_cifar10_folder_trains_with_augmentation(tmp_path, monkeypatch):
     monkeypatch.delenv("SAMKIT_DATA_DIR", raising=False)
     write_folder(tmp_path / "cifar-10-batches-py", n=8)
-    cfg = dict(dataset="cifar10", data_dir=str(tmp_path), model="cnn", optimizer="sam", epochs=1, batch_size=16,
-               progress=False, quiet=True)  # fmt: skip
+    cfg = dict(
+        dataset="cifar10",
+        data_dir=str(tmp_path),
+        model="cnn",
+        optimizer="sam",
+        epochs=1,
+        batch_size=16,
+        progress=False,
+        quiet=True,
+    )
     with pytest.raises(TrainError, match="data_batch_1 is not a known CIFAR-10 file: its md5 is"):
         train(TrainConfig(**cfg))  # not the official files: refused unless verification is turned off
     s = train(TrainConfig(**cfg, verify_data=False))
@@ -192,8 +287,9 @@ def test_the_loop_applies_the_scheduled_lr_at_every_step(schedule):
     """The lr each optimizer step runs with is exactly ``cfg.lr_at(step, total)``."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    cfg = TrainConfig(**dict(SMALL, optimizer="sgd", epochs=4, progress=False, quiet=True, lr=0.1,
-                             schedule=schedule, decay_frac=0.25))  # fmt: skip
+    cfg = TrainConfig(
+        **dict(SMALL, optimizer="sgd", epochs=4, progress=False, quiet=True, lr=0.1, schedule=schedule, decay_frac=0.25)
+    )
     seen: list[float] = []
     handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
     try:
@@ -211,8 +307,13 @@ def test_every_config_field_has_a_train_flag_with_help():
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
     flags = {opt: a for a in sub._actions for opt in a.option_strings}
     for f in dataclasses.fields(TrainConfig):
-        flag = "--no-progress" if f.name == "progress" else "--no-verify-data" if f.name == "verify_data" else (
-            "--" + f.name.replace("_", "-"))  # fmt: skip
+        flag = (
+            "--no-progress"
+            if f.name == "progress"
+            else "--no-verify-data"
+            if f.name == "verify_data"
+            else ("--" + f.name.replace("_", "-"))
+        )
         assert flag in flags and flags[flag].help, flag
     assert sub.prog == "samkit train"
 
