@@ -47,23 +47,17 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype as _group_by_device_and_dtype
 
 from samkit._checks import batch_view, number
-
-#: tensors' indices grouped by (device, dtype): see :func:`grouped`
-Groups = dict[tuple[torch.device, torch.dtype], list[int]]
+from samkit._compat import Groups, group_by_device_and_dtype
 
 __all__ = [
     "NORMALIZATIONS",
     "resolve_lam",
     "check_rho",
     "global_norm",
-    "grouped",
     "batched_norm",
     "batched_norm_plain",
-    "nonfinite",
-    "unscale_",
     "coefficients",
     "Perturbation",
     "perturb",
@@ -141,21 +135,6 @@ def _norm_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def grouped(tensors: Sequence[Tensor]) -> Groups:
-    """Indices of ``tensors`` grouped by (device, dtype), the unit of one fused multi-tensor kernel (torch's own
-    grouping, in C++). Callers that see the same layout every step (:class:`samkit.SAM`) compute it once and pass
-    it as ``groups=`` to :func:`perturb` and :func:`nonfinite`.
-
-    >>> g = grouped([torch.ones(2), torch.ones(3, dtype=torch.float64), torch.ones(1)])
-    >>> g[(torch.device("cpu"), torch.float32)], g[(torch.device("cpu"), torch.float64)]
-    ([0, 2], [1])
-    """
-    if not tensors:
-        return {}
-    groups = _group_by_device_and_dtype([list(tensors)], with_indices=True)
-    return {key: list(idx) for key, (_, idx) in groups.items()}
-
-
 def _per_tensor_norms(
     tensors: Sequence[Tensor],
     ord: float,
@@ -164,12 +143,12 @@ def _per_tensor_norms(
     groups: Groups | None = None,
 ) -> Tensor:
     """The ``ord``-norm of each tensor, as one vector of ``dtype`` on the first tensor's device (``groups``: the
-    tensors' :func:`grouped`, when known)."""
+    tensors' grouping by device and dtype, when known)."""
     device = tensors[0].device
     if not foreach:
         norms = [torch.linalg.vector_norm(t, ord, dtype=_norm_dtype(t)) for t in tensors]
     else:
-        groups = grouped(tensors) if groups is None else groups
+        groups = group_by_device_and_dtype(tensors) if groups is None else groups
         if len(groups) == 1:
             (((_, kind), _),) = groups.items()
             src = tensors if kind in (torch.float32, torch.float64) else [t.float() for t in tensors]
@@ -196,7 +175,7 @@ class _Norm(NamedTuple):
 
 def _global_norm(tensors: Sequence[Tensor], foreach: bool, groups: Groups | None = None) -> _Norm:
     """The global norm of a non-empty list and how it was computed (see :func:`global_norm`)."""
-    groups = grouped(tensors) if groups is None else groups
+    groups = group_by_device_and_dtype(tensors) if groups is None else groups
     dtype = _norm_dtype_of(groups)
     # per-tensor norms combined scale-safely. (A single reduction over a flat copy is twice as fast for lists of
     # small CPU tensors, 0.23 ms against 0.47 ms for 200 tensors of 4 160 entries, but rounds differently: every
@@ -286,46 +265,6 @@ def _traced() -> bool:
     return torch.compiler.is_compiling()
 
 
-# ---------------------------------------------------------------------------------------------- non-finite checks
-def unscale_(
-    tensors: Sequence[Tensor], inv_scale: float, *, foreach: bool = True, groups: Groups | None = None
-) -> bool:
-    """Multiply every tensor by ``inv_scale`` in place; return True when any holds an inf or NaN.
-
-    One fused pass per device and dtype on the foreach path (``torch._amp_foreach_non_finite_check_and_unscale_``,
-    the kernel behind ``GradScaler.unscale_``) and one flag read per device. With ``inv_scale=1.0`` the values are
-    unchanged. ``groups``: the tensors' grouping by (device, dtype) (:func:`grouped`), when the caller has it.
-
-    >>> g = [torch.tensor([2.0, 4.0])]
-    >>> unscale_(g, 0.5), g[0].tolist()
-    (False, [1.0, 2.0])
-    """
-    tensors = list(tensors)
-    if not foreach:
-        found = False
-        for t in tensors:
-            found = found or not bool(torch.isfinite(t).all())
-            if inv_scale != 1.0:
-                t.mul_(inv_scale)
-        return found
-    flags: dict[torch.device, Tensor] = {}
-    for (device, _), idx in (grouped(tensors) if groups is None else groups).items():
-        if device not in flags:  # the kernel wants float32 flags (whatever the default dtype)
-            flags[device] = torch.zeros(1, device=device, dtype=torch.float32)
-        inv = torch.full((1,), inv_scale, device=device, dtype=torch.float32)
-        torch._amp_foreach_non_finite_check_and_unscale_([tensors[i] for i in idx], flags[device], inv)
-    return any(bool(flag.item()) for flag in flags.values())
-
-
-def nonfinite(tensors: Sequence[Tensor], *, foreach: bool = True, groups: Groups | None = None) -> bool:
-    """True when any tensor holds an inf or NaN (one fused check per device and dtype on the foreach path).
-
-    >>> nonfinite([torch.ones(2), torch.tensor([1.0, float("nan")])]), nonfinite([torch.ones(2)])
-    (True, False)
-    """
-    return unscale_(tensors, 1.0, foreach=foreach, groups=groups)
-
-
 # ---------------------------------------------------------------------------------------------- the rule
 def coefficients(norm: Tensor, rho: Tensor | float, lam: float, eps: float, scale: Tensor | float = 1.0) -> Tensor:
     """The rule: the coefficient ``c`` of ``ε = c · g / scale``, where ``norm = ‖g / scale‖``; broadcasts.
@@ -391,8 +330,9 @@ def perturb(
     One global norm ``‖g‖`` over every group and one coefficient per group (:func:`coefficients`). ``scales[k]``,
     when given, are group ``k``'s ASAM scales ``T`` (:func:`adaptive_scale`): the norm is then of ``T g`` and the
     direction is ``T² g``. ``lam`` is the resolved λ; ``rho`` and ``eps`` are checked numbers: nothing is checked
-    here, and nothing is modified. ``groups``: :func:`grouped` of the gradients of all groups in order, when the
-    caller knows it (it is the same every step for an optimizer). One host read: the norm (the coefficients are computed from it on the CPU).
+    here, and nothing is modified. ``groups``: the gradients of all groups in order, grouped by device and dtype
+    (:func:`samkit.optim.ops.grouped`), when the caller knows it (it is the same every step for an optimizer). One
+    host read: the norm (the coefficients are computed from it on the CPU).
 
     >>> p = perturb([[torch.tensor([3.0])], [torch.tensor([4.0])]], rho=[1.0, 2.0], lam=1.0, eps=0.0)
     >>> p.coefficients, p.grad_norm.item(), round(p.norm.item(), 6)     # c_k = ρ_k / 5; ‖ε‖ = ‖(0.6, 1.6)‖

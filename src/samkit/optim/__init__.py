@@ -1,7 +1,24 @@
-"""PyTorch optimizers of the SAM family (SAM, USAM, unified SAM, ASAM, GSAM) and training helpers."""
+"""PyTorch optimizers of the SAM family (SAM, USAM, unified SAM, ASAM, GSAM) and training helpers.
 
-from samkit.optim.groups import ProportionalRho, asam_param_groups
+Modules: :mod:`~samkit.optim.sam` (the optimizer), :mod:`~samkit.optim.usam`, :mod:`~samkit.optim.gsam` (variants),
+:mod:`~samkit.optim.groups` (parameter groups), :mod:`~samkit.optim.ops` (list operations, non-finite checks),
+:mod:`~samkit.optim.accumulation`, :mod:`~samkit.optim.checkpoint`, :mod:`~samkit.optim.integrations` (BatchNorm,
+DDP) and :mod:`~samkit.optim.registry` (the optimizers ``samkit train`` offers).
+"""
+
+from samkit.optim import registry
+from samkit.optim.groups import ProportionalRho, SAMGroup, asam_param_groups
 from samkit.optim.gsam import GSAM
-from samkit.optim.sam import SAM, USAM, NonFiniteGradientError
+from samkit.optim.sam import SAM, NonFiniteGradientError
+from samkit.optim.usam import USAM
 
-__all__ = ["SAM", "USAM", "GSAM", "NonFiniteGradientError", "ProportionalRho", "asam_param_groups"]
+__all__ = [
+    "SAM",
+    "USAM",
+    "GSAM",
+    "SAMGroup",
+    "NonFiniteGradientError",
+    "ProportionalRho",
+    "asam_param_groups",
+    "registry",
+]

@@ -1,15 +1,33 @@
-"""Helpers around the SAM optimizers' parameter groups: ρ that follows the learning rate, ASAM's groups."""
+"""Helpers around the SAM optimizers' parameter groups: ρ that follows the learning rate, ASAM's groups, and the
+checks :class:`samkit.SAM` makes on its groups when it is built."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 from torch.optim import Optimizer
 
 from samkit._checks import number
+from samkit._compat import NORM_TYPES
+from samkit.core import check_rho
 
-__all__ = ["ProportionalRho", "asam_param_groups"]
+__all__ = ["SAMGroup", "ProportionalRho", "asam_param_groups"]
+
+
+class SAMGroup(NamedTuple):
+    """One parameter group's share of a SAM step, as the hook :meth:`samkit.SAM.after_perturb` sees it."""
+
+    #: the group's parameters that have a gradient (at ``w + ε`` when the hook runs)
+    params: list[Tensor]
+    #: their first-pass gradients, in the same order
+    grads: list[Tensor]
+    #: the group's ρ this step
+    rho: float
+    #: ASAM's ``T = |w| + adaptive_eta`` per parameter, or None (plain SAM in this group)
+    scales: list[Tensor] | None
 
 
 class ProportionalRho:
@@ -66,7 +84,7 @@ def asam_param_groups(
     [1, 3]
     """
     norm_types: tuple[type, ...] = (
-        torch.nn.modules.batchnorm._NormBase,
+        *NORM_TYPES,
         torch.nn.LayerNorm,
         torch.nn.GroupNorm,
         torch.nn.LocalResponseNorm,
@@ -88,3 +106,32 @@ def asam_param_groups(
     if plain:
         groups.append({"params": plain, "adaptive": False, **group_kwargs})
     return groups
+
+
+def check_group(group: dict[str, Any]) -> None:
+    """Check the options :class:`samkit.SAM` adds to a parameter group (``rho``, ``adaptive_eta``)."""
+    check_rho(group["rho"])
+    number(group["adaptive_eta"], "adaptive_eta")
+
+
+def check_built_base(params: Iterable[Any] | None, base: Optimizer, base_kwargs: dict[str, Any]) -> None:
+    """With an already built base optimizer: no ``base_kwargs``, and ``params`` None or exactly its parameters."""
+    if base_kwargs:
+        raise ValueError(
+            f"base_kwargs {sorted(base_kwargs)} given with an already built base optimizer; "
+            "pass them to the base optimizer's constructor instead"
+        )
+    if params is None:
+        return
+    base_params = [p for g in base.param_groups for p in g["params"]]
+    given: list[Tensor] = []
+    for item in params:
+        if isinstance(item, dict):
+            given.extend(item["params"] if not isinstance(item["params"], Tensor) else [item["params"]])
+        else:
+            given.append(item)
+    if {id(p) for p in given} != {id(p) for p in base_params} or len(given) != len(base_params):
+        raise ValueError(
+            "params must be the same parameters as the built base optimizer's "
+            f"({len(given)} given, {len(base_params)} in the base optimizer); or pass params=None"
+        )

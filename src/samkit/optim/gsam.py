@@ -1,4 +1,8 @@
-"""GSAM (Zhuang et al., ICLR 2022): SAM's descent direction corrected by the surrogate gap."""
+"""GSAM (Zhuang et al., ICLR 2022): SAM's descent direction corrected by the surrogate gap.
+
+Written as a user's variant would be: a :class:`~samkit.SAM` subclass that overrides the two public hooks and uses
+``self.ops`` for its list operations.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from samkit._checks import number
-from samkit.core import global_norm
-from samkit.optim._foreach import add_, copy_, mul_
-from samkit.optim.sam import SAM, _Group
+from samkit.optim.groups import SAMGroup
+from samkit.optim.sam import SAM
 
-__all__ = ["GSAM"]
+__all__ = ["GSAM", "DEFAULT_ALPHA"]
+
+#: GSAM's α when none is given (Zhuang et al. 2022 use values in [0.01, 0.3])
+DEFAULT_ALPHA = 0.1
 
 
 class GSAM(SAM):
@@ -38,7 +44,7 @@ class GSAM(SAM):
         params: Iterable[Any] | None,
         base_optimizer: type[Optimizer] | Optimizer,
         rho: float = 0.05,
-        alpha: float = 0.1,
+        alpha: float = DEFAULT_ALPHA,
         **kwargs: Any,
     ) -> None:
         self.alpha = number(alpha, "alpha")
@@ -46,29 +52,30 @@ class GSAM(SAM):
         self._gsam_params: list[Tensor] = []
         super().__init__(params, base_optimizer, rho, **kwargs)
 
-    def _after_perturb(self, groups: Sequence[_Group]) -> None:
+    def after_perturb(self, groups: Sequence[SAMGroup]) -> None:
         """Keep a copy of the first-pass gradient ``g`` of every perturbed parameter."""
         params = [p for group in groups for p in group.params]
+        grads = [g for group in groups for g in group.grads]
         bufs = []
-        for p in params:
+        for p, grad in zip(params, grads):
             buf = self._first_grads.get(p)
-            if buf is None or buf.shape != p.shape or buf.dtype != p.grad.dtype:
-                buf = self._first_grads[p] = torch.empty_like(p.grad)
+            if buf is None or buf.shape != p.shape or buf.dtype != grad.dtype:
+                buf = self._first_grads[p] = torch.empty_like(grad)
             bufs.append(buf)
-        copy_(bufs, [group_grad for group in groups for group_grad in group.grads], self.foreach)
+        self.ops.copy_(bufs, grads)
         self._gsam_params = params
 
-    def _before_base_step(self) -> None:
+    def before_base_step(self) -> None:
         """Replace ``g_p`` in ``.grad`` by ``d = g_p − α g_⊥``."""
-        pairs = [(p, self._first_grads[p]) for p in self._gsam_params if p.grad is not None]
+        pairs = [(p.grad, self._first_grads[p]) for p in self._gsam_params if p.grad is not None]
         self._gsam_params = []
         if not pairs or self.alpha == 0.0:
             return
-        gp = [p.grad for p, _ in pairs]
+        gp = [a for a, _ in pairs]
         g = [b for _, b in pairs]
         dot = torch.stack([(a * b).sum() for a, b in zip(gp, g)]).sum()
-        gp_norm = global_norm(gp, foreach=self.foreach)
+        gp_norm = self.ops.norm(gp)
         coef = 0.0 if float(gp_norm) == 0.0 else float(dot / gp_norm.to(dot.dtype) ** 2)
         # d = g_p − α (g − coef g_p) = (1 + α coef) g_p − α g
-        mul_(gp, 1.0 + self.alpha * coef, self.foreach)
-        add_(gp, g, -self.alpha, self.foreach)
+        self.ops.mul_(gp, 1.0 + self.alpha * coef)
+        self.ops.add_(gp, g, -self.alpha)

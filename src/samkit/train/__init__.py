@@ -1,4 +1,5 @@
-"""``samkit train``: train an image classifier with SGD, SAM, USAM or unified SAM, with metrics and checkpoints.
+"""``samkit train``: train an image classifier with SGD, SAM, USAM, unified SAM, ASAM or GSAM, with metrics and
+checkpoints.
 
 One command, resumable and reproducible::
 
@@ -29,6 +30,9 @@ continues from the checkpoint; on CPU the final parameters are bit-identical to 
 order and augmentation are seeded per epoch). Under ``torchrun`` the model is wrapped in
 ``DistributedDataParallel`` (gloo on CPU, NCCL on GPU), each rank reads its shard, and SAM perturbs with
 each rank's own gradient (``--perturbation local``) or the averaged one (``global``).
+
+``--optimizer`` is any optimizer of :mod:`samkit.optim.registry` (``sgd``, ``sam``, ``usam``, ``unified``, ``asam``,
+``gsam``); a variant registered there is one too, with no change to this package.
 
 The package: :mod:`~samkit.train.config` (:class:`TrainConfig`, validation, the learning-rate schedules),
 :mod:`~samkit.train.loop` (the loop; one epoch is one function), :mod:`~samkit.train.records` (CSV, summary,

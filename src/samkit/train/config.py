@@ -14,14 +14,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 
 from samkit._checks import integer, number
 from samkit.data import DATASETS
 from samkit.models import MODELS
+from samkit.optim import registry
+from samkit.optim.gsam import DEFAULT_ALPHA
 
 __all__ = [
     "TrainConfig",
@@ -33,13 +36,40 @@ __all__ = [
     "RESUMABLE_KEYS",
     "GSAM_ALPHA",
     "MAX_EPOCHS",
+    "OPTIONS",
     "ONLY_FOR",
     "physical_memory",
 ]
 
-OPTIMIZERS = ("sgd", "sam", "usam", "unified", "asam", "gsam")
+
+class _Registered(Sequence[str]):
+    """The names of :mod:`samkit.optim.registry`, read at each use: a variant registered later is one of them."""
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        return registry.names()[i]
+
+    def __len__(self) -> int:
+        return len(registry.names())
+
+    def __repr__(self) -> str:
+        return repr(registry.names())
+
+
+#: The ``--optimizer`` choices: every optimizer of :mod:`samkit.optim.registry` (``sgd``, ``sam``, ``usam``,
+#: ``unified``, ``asam``, ``gsam`` and any registered variant).
+OPTIMIZERS: Sequence[str] = _Registered()
 #: GSAM's α when ``--gsam-alpha`` is not given (Zhuang et al. 2022 use values in [0.01, 0.3])
-GSAM_ALPHA = 0.1
+GSAM_ALPHA = DEFAULT_ALPHA
+#: The settings only some optimizers take (``None`` unless given): what each is, and its bounds. Which optimizer
+#: takes which is the registry's ``takes`` / ``needs``.
+OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lam": ("a number in [0, 1]", {"maximum": 1.0}),
+    "gsam_alpha": ("a number >= 0", {}),
+}
 SCHEDULES = ("cosine", "constant", "decay")
 PERTURBATIONS = ("local", "global")
 DEVICES = ("auto", "cpu", "cuda")
@@ -47,8 +77,30 @@ DEVICES = ("auto", "cpu", "cuda")
 RESUMABLE_KEYS = ("out", "progress", "data_dir", "tensorboard", "quiet", "device", "verify_data")
 #: The most epochs a run may ask for: more is a typo (``1e9``) that would run for ever.
 MAX_EPOCHS = 1_000_000
-#: Settings only one optimizer takes: the key and that optimizer (``samkit sweep`` applies them only to it).
-ONLY_FOR = {"lam": "unified", "gsam_alpha": "gsam"}
+
+
+class _OnlyFor(Mapping[str, str]):
+    """:data:`ONLY_FOR`, read from the registry at each use."""
+
+    def _now(self) -> dict[str, str]:
+        return {key: owners[0] for key in OPTIONS if len(owners := registry.takers(key)) == 1}
+
+    def __getitem__(self, key: str) -> str:
+        return self._now()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._now())
+
+    def __len__(self) -> int:
+        return len(self._now())
+
+    def __repr__(self) -> str:
+        return repr(self._now())
+
+
+#: Settings only one optimizer takes: the key and that optimizer (``samkit sweep`` applies them only to it);
+#: ``{"lam": "unified", "gsam_alpha": "gsam"}`` with the optimizers samkit registers.
+ONLY_FOR: Mapping[str, str] = _OnlyFor()
 #: (channels, side, training images, test images) of the datasets whose shape is fixed.
 _SHAPES = {"fashion-mnist": (1, 28, 60_000, 10_000), "cifar10": (3, 32, 50_000, 10_000)}
 #: Channels of each model's first activation (a convolution at full resolution), or units of its first layer (MLP).
@@ -128,16 +180,7 @@ class TrainConfig:
             raise ValueError(f"--momentum must be a number in [0, 1), got {m!r}")
         number(self.lr, "--lr", strict=True)
         number(self.decay_frac, "--decay-frac", maximum=1.0, strict=True)
-        if self.optimizer == "unified":
-            if self.lam is None:
-                raise ValueError("--optimizer unified needs --lam (a number in [0, 1])")
-            number(self.lam, "--lam", maximum=1.0)
-        elif self.lam is not None:
-            raise ValueError(f"--lam is only used with --optimizer unified (got --optimizer {self.optimizer})")
-        if self.gsam_alpha is not None:
-            if self.optimizer != "gsam":
-                raise ValueError(f"--gsam-alpha is only used with --optimizer gsam (got --optimizer {self.optimizer})")
-            number(self.gsam_alpha, "--gsam-alpha")
+        self._check_options()
         for key in ("batch_size", "epochs", "eval_batch_size", "sharpness_batches", "sharpness_batch_size"):
             integer(getattr(self, key), _flag(key), minimum=1)
         if self.epochs > MAX_EPOCHS:
@@ -159,6 +202,27 @@ class TrainConfig:
             integer(self.synthetic_train, "--synthetic-train", minimum=1)
             integer(self.synthetic_test, "--synthetic-test", minimum=1)
         self._check_memory()
+
+    def _check_options(self) -> None:
+        """The settings of :data:`OPTIONS` against the optimizer's registration: each one given must be one it takes,
+        each one it needs must be given, and each value in its bounds."""
+        entry = registry.get(self.optimizer)
+        unknown = [key for key in entry.takes if key not in OPTIONS]
+        if unknown:
+            raise ValueError(
+                f"--optimizer {self.optimizer} takes {', '.join(unknown)}, which samkit train does not have "
+                f"(it has {', '.join(OPTIONS)})"
+            )
+        for key, (what, bounds) in OPTIONS.items():
+            value, flag = getattr(self, key), _flag(key)
+            if value is None:
+                if key in entry.needs:
+                    raise ValueError(f"--optimizer {self.optimizer} needs {flag} ({what})")
+            elif key not in entry.takes:
+                users = " or ".join(registry.takers(key)) or "none of the registered optimizers"
+                raise ValueError(f"{flag} is only used with --optimizer {users} (got --optimizer {self.optimizer})")
+            else:
+                number(value, flag, **bounds)
 
     def _check_memory(self) -> None:
         """Refuse a run whose data, one batch and the model's first layer cannot fit in this machine's memory.

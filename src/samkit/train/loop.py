@@ -23,25 +23,24 @@ from samkit._threads import default_threads, torch_threads
 from samkit.core import global_norm
 from samkit.data import ArrayDataset, DataError, Loader, load_dataset
 from samkit.models import build_model
-from samkit.optim import GSAM, SAM, NonFiniteGradientError, asam_param_groups
+from samkit.optim import SAM, NonFiniteGradientError, registry
 from samkit.sharpness import top_eigenvalues
-from samkit.train.config import GSAM_ALPHA, TrainConfig, TrainError
+from samkit.train.config import TrainConfig, TrainError
 from samkit.train.distributed import Dist
 from samkit.train.records import CHECKPOINT_VERSION, CSV_FIELDS, History, Records, summarize
 
 __all__ = ["train", "build_optimizer", "EpochStats"]
 
-_NORMALIZATION = {"sam": "l2", "usam": "none", "unified": "unified"}
-
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module | None = None) -> torch.optim.Optimizer:
-    """The optimizer of ``cfg``: plain SGD, or a SAM variant around SGD.
+    """The optimizer of ``cfg``: the builder registered as ``cfg.optimizer`` (:mod:`samkit.optim.registry`).
 
-    ``sam`` / ``usam`` / ``unified``: :class:`samkit.SAM` with normalization ``"l2"`` / ``"none"`` / ``"unified"``
-    (λ = ``cfg.lam``); ``asam``: :class:`samkit.SAM` with ``adaptive=True`` on the groups of
-    :func:`samkit.asam_param_groups` (biases and normalization layers not rescaled); ``gsam``: :class:`samkit.GSAM`
-    with α = ``cfg.gsam_alpha`` (default :data:`~samkit.train.config.GSAM_ALPHA`) and a constant ρ. ``model`` (the
-    DDP wrapper when given) lets SAM keep the BatchNorm statistics of the first pass and run it under ``no_sync``.
+    ``sgd``: plain SGD; ``sam`` / ``usam`` / ``unified``: :class:`samkit.SAM` with normalization ``"l2"`` /
+    ``"none"`` / ``"unified"`` (λ = ``cfg.lam``); ``asam``: :class:`samkit.SAM` with ``adaptive=True`` on the groups
+    of :func:`samkit.asam_param_groups` (biases and normalization layers not rescaled); ``gsam``: :class:`samkit.GSAM`
+    with α = ``cfg.gsam_alpha`` (default :data:`~samkit.train.config.GSAM_ALPHA`) and a constant ρ; every SAM variant
+    around SGD with ``cfg``'s learning rate, momentum and weight decay. ``model`` (the DDP wrapper when given) lets
+    SAM keep the BatchNorm statistics of the first pass and run it under ``no_sync``.
 
     >>> opt = build_optimizer(TrainConfig(optimizer="usam", rho=0.1), torch.nn.Linear(2, 2))
     >>> type(opt).__name__, opt.normalization
@@ -52,21 +51,18 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module | N
     >>> build_optimizer(TrainConfig(optimizer="gsam", gsam_alpha=0.2), torch.nn.Linear(2, 2)).alpha
     0.2
     """
-    sgd_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), **sgd_kwargs)
-    common: dict[str, Any] = dict(
-        rho=cfg.rho, model=ddp_model if ddp_model is not None else model, perturbation=cfg.perturbation, **sgd_kwargs
+    entry = registry.get(cfg.optimizer)
+    build = registry.Build(
+        model=model,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        rho=cfg.rho,
+        perturbation=cfg.perturbation,
+        net=ddp_model,
+        options=entry.options({key: getattr(cfg, key, None) for key in entry.takes}),
     )
-    if cfg.optimizer == "asam":
-        return SAM(asam_param_groups(model), torch.optim.SGD, normalization="l2", adaptive=True, **common)
-    if cfg.optimizer == "gsam":
-        alpha = GSAM_ALPHA if cfg.gsam_alpha is None else cfg.gsam_alpha
-        return GSAM(model.parameters(), torch.optim.SGD, alpha=alpha, normalization="l2", **common)
-    norm = _NORMALIZATION[cfg.optimizer]
-    return SAM(
-        model.parameters(), torch.optim.SGD, normalization=norm, lam=cfg.lam if norm == "unified" else None, **common
-    )
+    return entry.build(build)
 
 
 @dataclass
@@ -89,7 +85,8 @@ class EpochStats:
     @classmethod
     def from_sums(cls, sums: torch.Tensor, diverged: bool = False) -> EpochStats:
         """From the 6 sums of :func:`_step_sums` (in that order)."""
-        return cls(*(float(v) for v in sums), diverged=diverged)
+        loss_sum, correct, examples, grad_norm_sum, eps_norm_sum, rank_steps = (float(v) for v in sums)
+        return cls(loss_sum, correct, examples, grad_norm_sum, eps_norm_sum, rank_steps, diverged=diverged)
 
     def row(self, world: int) -> dict[str, float]:
         """The epoch's metrics: mean loss and accuracy per example, mean ‖g‖ and ‖ε‖ per step and rank."""
@@ -327,6 +324,56 @@ def _epoch_row(run: _Run, epoch: int, stats: EpochStats, t0: float) -> dict[str,
     return {k: row[k] for k in CSV_FIELDS if row.get(k) is not None}
 
 
+@dataclass
+class _Progress:
+    """What a run has done so far: its rows, status, where it diverged and its training time."""
+
+    cfg: TrainConfig
+    world: int
+    rows: History
+    elapsed: float = 0.0
+    status: str = "running"
+    diverged_at: tuple[int | None, int | None] = (None, None)
+
+    def summary(self, status: str) -> dict[str, Any]:
+        """The summary; with the history only once the run has ended (until then the rows are in metrics.csv)."""
+        ended = status in ("completed", "diverged")
+        return summarize(self.cfg, self.rows, status, self.diverged_at, self.elapsed, self.world, history=ended)
+
+    def checkpoint(self, run: _Run, epoch: int, status: str) -> dict[str, Any]:
+        """The checkpoint: the rows only once the run has ended; until then how many of metrics.csv it covers."""
+        summary = self.summary(status)
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": asdict(self.cfg),
+            "epoch": epoch,
+            "step": run.step,
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "rng": torch.get_rng_state(),
+            "rows": self.rows.rows if "history" in summary else None,
+            "metrics_rows": len(self.rows.rows),
+            "elapsed": self.elapsed,
+            "status": status,
+            "summary": summary,
+        }
+
+
+def _resume_from(run: _Run, ckpt: dict[str, Any], records: Records, progress: _Progress) -> int:
+    """Load the checkpoint's model, optimizer, RNG state and counters into ``run``; return the epoch to start at."""
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.opt.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        why = " ".join(str(err).split()) or type(err).__name__
+        why = why if len(why) <= 200 else why[:200] + "..."
+        raise TrainError(f"--resume: {records.checkpoint} does not fit this run's model or optimizer ({why})") from None
+    torch.set_rng_state(ckpt["rng"])
+    run.step = int(ckpt["step"])
+    progress.elapsed = float(ckpt.get("elapsed", 0.0))
+    return int(ckpt["epoch"])
+
+
 def _train(
     cfg: TrainConfig,
     dist: Dist,
@@ -341,88 +388,58 @@ def _train(
         if dist.is_main and not cfg.quiet:
             print(f"run in {cfg.out} already {ckpt['status']}; nothing to do", file=sys.stderr)
         return ckpt["summary"]
-    rows = History(records.rows_of(ckpt)) if ckpt is not None else History()
+    progress = _Progress(cfg, dist.world, History(records.rows_of(ckpt)) if ckpt is not None else History())
     run = _setup(cfg, dist, data)
-    start_epoch, elapsed = 0, 0.0
-    if ckpt is not None:
-        try:
-            run.model.load_state_dict(ckpt["model"])
-            run.opt.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            why = " ".join(str(err).split()) or type(err).__name__
-            why = why if len(why) <= 200 else why[:200] + "..."
-            raise TrainError(
-                f"--resume: {records.checkpoint} does not fit this run's model or optimizer ({why})"
-            ) from None
-        torch.set_rng_state(ckpt["rng"])
-        start_epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
-        elapsed = float(ckpt.get("elapsed", 0.0))
+    start_epoch = _resume_from(run, ckpt, records, progress) if ckpt is not None else 0
     tb = _tensorboard(cfg, records) if dist.is_main else None
-    diverged_at: tuple[int | None, int | None] = (None, None)
-    status = "running"
-
-    def summary_now(status: str) -> dict[str, Any]:
-        """The summary; with the history only once the run has ended (until then the rows are in metrics.csv)."""
-        ended = status in ("completed", "diverged")
-        return summarize(cfg, rows, status, diverged_at, elapsed, dist.world, history=ended)
-
-    def state(epoch: int, status: str) -> dict[str, Any]:
-        """The checkpoint: the rows only once the run has ended; until then how many of metrics.csv it covers."""
-        summary = summary_now(status)
-        return {
-            "version": CHECKPOINT_VERSION,
-            "config": asdict(cfg),
-            "epoch": epoch,
-            "step": run.step,
-            "model": run.model.state_dict(),
-            "optimizer": run.opt.state_dict(),
-            "rng": torch.get_rng_state(),
-            "rows": rows.rows if "history" in summary else None,
-            "metrics_rows": len(rows.rows),
-            "elapsed": elapsed,
-            "status": status,
-            "summary": summary,
-        }
-
     cut_to = ckpt.get("metrics_bytes") if ckpt is not None and ckpt["rows"] is None else None
-    records.start(cfg, rows.rows, cut_to=cut_to)
-    records.write_summary(summary_now(status))
+    records.start(cfg, progress.rows.rows, cut_to=cut_to)
+    records.write_summary(progress.summary(progress.status))
     run.net.train()
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            stats = _run_epoch(run, epoch)
-            row = _epoch_row(run, epoch, stats, t0)
-            elapsed += row["seconds"]
-            rows.append(row)
-            if stats.diverged:
-                diverged_at, status = (epoch + 1, run.step), "diverged"
-                if dist.is_main and not cfg.quiet:
-                    print(
-                        f"diverged: non-finite loss or gradient at epoch {epoch + 1}, step {run.step}", file=sys.stderr
-                    )
-                break
-            _report(cfg, dist, row, tb)
-            status = "completed" if epoch + 1 == cfg.epochs else "running"
-            records.append([row])  # then the checkpoint that covers it: a kill in between loses nothing
-            records.write_summary(summary_now(status))
-            records.save(state(epoch + 1, status))
-            dist.barrier()
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and status == "running":
-                status = "interrupted"
-                break
-        summary = summarize(cfg, rows, status, diverged_at, elapsed, dist.world)
-        if status == "diverged":
+        _epochs(run, records, progress, start_epoch, stop_after_epoch, tb)
+        rows = progress.rows
+        summary = summarize(cfg, rows, progress.status, progress.diverged_at, progress.elapsed, dist.world)
+        if progress.status == "diverged":
             records.append(rows.rows[-1:])
             records.write_summary(summary)
             if records.enabled:  # keep the last finite weights (the last epoch's checkpoint), marked diverged
-                last = records.load() if records.has_checkpoint() else state(0, status)
-                records.save(dict(last, status=status, rows=rows.rows, metrics_rows=len(rows.rows), summary=summary))
+                last = records.load() if records.has_checkpoint() else progress.checkpoint(run, 0, "diverged")
+                records.save(
+                    dict(last, status="diverged", rows=rows.rows, metrics_rows=len(rows.rows), summary=summary)
+                )
         dist.barrier()
         return dict(summary, params={k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()})
     finally:
         if tb is not None:
             tb.close()
+
+
+def _epochs(
+    run: _Run, records: Records, progress: _Progress, start_epoch: int, stop_after_epoch: int | None, tb: Any
+) -> None:
+    """Train the epochs from ``start_epoch`` on, recording each; stop at divergence or after ``stop_after_epoch``."""
+    cfg, dist = run.cfg, run.dist
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        stats = _run_epoch(run, epoch)
+        row = _epoch_row(run, epoch, stats, t0)
+        progress.elapsed += row["seconds"]
+        progress.rows.append(row)
+        if stats.diverged:
+            progress.diverged_at, progress.status = (epoch + 1, run.step), "diverged"
+            if dist.is_main and not cfg.quiet:
+                print(f"diverged: non-finite loss or gradient at epoch {epoch + 1}, step {run.step}", file=sys.stderr)
+            return
+        _report(cfg, dist, row, tb)
+        progress.status = "completed" if epoch + 1 == cfg.epochs else "running"
+        records.append([row])  # then the checkpoint that covers it: a kill in between loses nothing
+        records.write_summary(progress.summary(progress.status))
+        records.save(progress.checkpoint(run, epoch + 1, progress.status))
+        dist.barrier()
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and progress.status == "running":
+            progress.status = "interrupted"
+            return
 
 
 def _tensorboard(cfg: TrainConfig, records: Records) -> Any:
