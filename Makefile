@@ -35,9 +35,11 @@ data:
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist"; \
 	else echo "warning: Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set SAMKIT_DATA_DIR"; fi
 
+# ruff (lint and format) on all the code, then mypy on src/samkit (its settings: [tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -121,7 +121,8 @@ def _only_where_used(runs: Sequence[SweepRun]) -> list[SweepRun]:
         cfg, point, renamed = r.config, dict(r.point), False
         for key, owner in ONLY_FOR.items():
             if getattr(cfg, key) is not None and cfg.optimizer != owner and owner in optimizers:
-                cfg = dataclasses.replace(cfg, **{key: None})
+                unset: dict[str, Any] = {key: None}
+                cfg = dataclasses.replace(cfg, **unset)
                 renamed |= point.pop(key, None) is not None
         name = run_name(point) if renamed else r.name
         if name in seen and seen[name] == cfg:
@@ -178,6 +179,7 @@ def _train_unit(params: Mapping[str, Any]) -> dict[str, Any]:
     Runs in a worker. The run's folder holds its checkpoint, so a killed run resumes where it stopped.
     """
     cfg = TrainConfig(**dict(params))
+    assert cfg.out is not None  # run_sweep gives every unit its run folder
     out = Path(cfg.out)
     resume = (out / "checkpoint.pt").exists()
     summary = train(cfg, resume=resume)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -136,8 +136,8 @@ class SimResult:
                     "diverged": div[b] and div_at[b] <= steps[i],
                     "diverged_at": div_at[b],
                 }
-                for k, v in cols.items():
-                    row[k] = v[i][b]
+                for k, col in cols.items():
+                    row[k] = col[i][b]
                 rows.append(row)
         return rows
 
@@ -350,6 +350,52 @@ def simulate(
     Returns:
         a :class:`SimResult`.
     """
+    lam_v, eps, steps, record_every, record, dev = _checked_options(
+        method, lam, eps, steps, record_every, record, blowup, device
+    )
+    eta_t, rho_t, x = _configurations(problem, eta, rho, x0)
+    B = x.shape[0]
+    rec_steps = _recorded_steps(steps, record_every)
+    T = len(rec_steps)
+    numel = x[0].numel()
+    if "x" in record and T * B * numel > 2**28:
+        warnings.warn(
+            f"recording 'x' stores {T * B * numel:,} numbers; drop 'x' from record or raise record_every",
+            stacklevel=2,
+        )
+    use_fused = _use_fused(fused, problem, B * numel * steps)
+    x, eta_t, rho_t = x.to(dev), eta_t.to(dev), rho_t.to(dev)
+    if dev.type != "cpu":
+        problem = problem.to(dev)
+    new_run = functools.partial(_Run, problem, lam_v, eps, x, eta_t, rho_t, record, rec_steps, blowup)
+    run = _execute(new_run, use_fused, steps, f"{method} x{B}" if progress else None)
+    return SimResult(
+        method=method,
+        eta=eta_t.cpu(),
+        rho=rho_t.cpu(),
+        diverged=run.diverged_at.cpu() >= 0,
+        diverged_at=run.diverged_at.cpu(),
+        final=run.x.cpu(),
+        steps=torch.tensor(rec_steps, dtype=torch.long),
+        series=run.series,
+        lam=lam,
+        eps=float(eps),
+        problem=type(problem).__name__,
+    )
+
+
+def _checked_options(
+    method: str,
+    lam: float | None,
+    eps: float,
+    steps: int,
+    record_every: int,
+    record: Sequence[str],
+    blowup: float,
+    device: str | torch.device,
+) -> tuple[float | None, float, int, int, tuple[str, ...], torch.device]:
+    """:func:`simulate`'s options checked: the resolved λ (None for GD), ``eps``, ``steps``, ``record_every``,
+    ``record`` and the device."""
     if method not in SIM_METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(map(repr, SIM_METHODS))}")
     normalization = SIM_METHODS[method]
@@ -367,58 +413,42 @@ def simulate(
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from err
+    return lam_v, eps, steps, record_every, record, dev
 
-    eta_t, rho_t, x = _configurations(problem, eta, rho, x0)
-    B = x.shape[0]
+
+def _recorded_steps(steps: int, record_every: int) -> list[int]:
+    """The recorded step indices: every ``record_every``-th from 0, and the last step."""
     rec_steps = list(range(0, steps + 1, record_every))
     if rec_steps[-1] != steps:
         rec_steps.append(steps)
-    T = len(rec_steps)
-    numel = x[0].numel()
-    if "x" in record and T * B * numel > 2**28:
-        warnings.warn(
-            f"recording 'x' stores {T * B * numel:,} numbers; drop 'x' from record or raise record_every",
-            stacklevel=2,
-        )
-    use_fused = _use_fused(fused, problem, B * numel * steps)
-    x, eta_t, rho_t = x.to(dev), eta_t.to(dev), rho_t.to(dev)
-    if dev.type != "cpu":
-        problem = problem.to(dev)
-    run = _Run(problem, lam_v, eps, x, eta_t, rho_t, record, rec_steps, blowup)
+    return rec_steps
+
+
+def _execute(new_run: Callable[[], _Run], use_fused: bool, steps: int, desc: str | None) -> _Run:
+    """Build a run with ``new_run`` and run it on the chosen engine (the fused one falls back to the eager one, with
+    a warning, when compilation fails), with a tqdm bar of ``steps`` labelled ``desc`` (None: no bar)."""
+    run = new_run()
     it: Any = None
-    if progress:
+    if desc is not None:
         from tqdm.auto import tqdm
 
-        it = tqdm(total=steps, desc=f"{method} x{B}")
+        it = tqdm(total=steps, desc=desc)
     if use_fused:
         try:
             run.fused(it)
         except Exception as err:  # compilation is not available here (no C++ compiler, unsupported platform, ...)
             if not _is_compile_error(err):
                 raise
-            warnings.warn(
-                f"fused=True: torch.compile failed ({type(err).__name__}: {err}); running eagerly", stacklevel=2
+            warnings.warn(  # stacklevel 3: the caller of simulate
+                f"fused=True: torch.compile failed ({type(err).__name__}: {err}); running eagerly", stacklevel=3
             )
-            run = _Run(problem, lam_v, eps, x, eta_t, rho_t, record, rec_steps, blowup)
+            run = new_run()
             run.eager(it)
     else:
         run.eager(it)
     if it is not None:
         it.close()
-
-    return SimResult(
-        method=method,
-        eta=eta_t.cpu(),
-        rho=rho_t.cpu(),
-        diverged=run.diverged_at.cpu() >= 0,
-        diverged_at=run.diverged_at.cpu(),
-        final=run.x.cpu(),
-        steps=torch.tensor(rec_steps, dtype=torch.long),
-        series=run.series,
-        lam=lam,
-        eps=float(eps),
-        problem=type(problem).__name__,
-    )
+    return run
 
 
 def _is_compile_error(err: Exception) -> bool:

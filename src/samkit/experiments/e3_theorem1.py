@@ -252,9 +252,9 @@ class Theorem1(Experiment):
                 for s, loss in zip(c[m]["steps"], c[m]["loss"][j]):
                     curves.append({"method": m, "eta": eta, "rho": rho, "step": s, "loss": loss})
         cy = results["cycle"]
-        cols = ("eta", "rho", "amp_last", "amp_prev", "x1_last", "x2_last")
+        cycle_cols = ("eta", "rho", "amp_last", "amp_prev", "x1_last", "x2_last")
         names = ("eta", "rho", "amplitude", "amplitude_prev", "x1", "x2")
-        cycle = [dict(zip(names, values)) for values in zip(*(cy[k] for k in cols))]
+        cycle = [dict(zip(names, values)) for values in zip(*(cy[k] for k in cycle_cols))]
         sc = results["strongly-convex"]
         sc_rows, sc_curves = [], []
         for m in ("sam", "usam"):

@@ -279,7 +279,11 @@ class SingleNeuronExp(Experiment):
         x0, y0 = config["x0"]
         eta, rho = config["traj_eta"], config["traj_rho"]
         # GD dashed and on top: it ends close to USAM and would otherwise hide under it
-        styles = {"gd": {"ls": "--", "lw": 2.0, "zorder": 3}, "usam": {"lw": 1.5}, "sam": {"lw": 1.5}}
+        styles: dict[str, dict[str, Any]] = {
+            "gd": {"ls": "--", "lw": 2.0, "zorder": 3},
+            "usam": {"lw": 1.5},
+            "sam": {"lw": 1.5},
+        }
         for m in TRAJECTORY_METHODS:
             t = tr.where(method=m)
             y2 = t.col("y2")

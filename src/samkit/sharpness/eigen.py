@@ -194,24 +194,7 @@ def lanczos(
         breakdown = beta <= 100 * eps * max(scale, float(abs(alpha)), 1e-300) or m >= n
         resid = beta * S[-1].abs()  # ||H y_i - theta_i y_i|| for the Ritz pairs
         if m >= k:
-            top = torch.argsort(theta, descending=True)[:k]
-            err = resid[top]
-            if m > 1:  # gap estimate: |lambda - theta| <= r^2 / gap (Parlett), gap to the nearest other Ritz value
-                dist = (theta[top, None] - theta[None, :]).abs()
-                dist[torch.arange(k), top] = math.inf
-                err = torch.minimum(err, err**2 / dist.min(dim=1).values)
-            # ... and the Ritz values must have stopped moving: early on the Ritz gaps overstate the true gaps
-            # (eigenvalues not yet resolved lie between) and r^2 / gap alone stops far from the answer. The change d
-            # is extrapolated as in power iteration: d / (1 - q), q = d / d_prev, the changes still to come
-            if previous is None:
-                err = err + math.inf
-            else:
-                d = (theta[top] - previous).abs()
-                q = d / change if change is not None else torch.zeros_like(d)
-                ahead = torch.where(q < 1, d / (1 - q.clamp(max=0.999999)), torch.full_like(d, math.inf))
-                err, change = torch.maximum(err, torch.where(d == 0, d, ahead)), d
-            previous = theta[top]
-            ok = bool((err <= tol * theta[top].abs() + 10 * eps * scale).all())
+            ok, previous, change = _ritz_test(theta, resid, k, m, previous, change, tol, 10 * eps * scale)
             if m >= n or (not breakdown and ok and was_ok):
                 converged = True
                 break
@@ -219,9 +202,7 @@ def lanczos(
         if m >= max_iter:
             break
         if m >= Q.shape[0]:  # grow the basis buffer
-            grown = torch.zeros(min(n, max_iter, 2 * Q.shape[0]), n, dtype=dtype, device=device)
-            grown[:m] = Q[:m]
-            Q = grown
+            Q = _grown(Q, m, min(n, max_iter, 2 * Q.shape[0]))
         if breakdown:  # invariant subspace: restart orthogonally to everything found so far
             Q[m] = _random_unit(n, gen, dtype, device, Q[:m])
             betas.append(0.0)
@@ -232,16 +213,67 @@ def lanczos(
     assert theta is not None and S is not None
     if m < k:  # max_iter < k: not enough Ritz values
         raise ValueError(f"max_iter = {max_iter} Lanczos steps cannot give k = {k} eigenvalues; use max_iter >= k")
-    top = torch.argsort(theta, descending=True)[:k]
-    vecs = (S[:, top].T.to(dtype) @ Q[:m]).contiguous()
-    vecs = vecs / vecs.norm(dim=1, keepdim=True)
-    res = resid[top] if not (m >= n) else torch.zeros(k, dtype=torch.float64)
     if not converged:
         warnings.warn(
             f"Lanczos did not reach tol={tol} within max_iter={max_iter} steps; returning the current estimates",
             RuntimeWarning,
             stacklevel=2,
         )
+    return _ritz_pairs(theta, S, Q[:m], resid, k, exact=m >= n, converged=converged)
+
+
+def _ritz_test(
+    theta: Tensor,
+    resid: Tensor,
+    k: int,
+    m: int,
+    previous: Tensor | None,
+    change: Tensor | None,
+    tol: float,
+    floor: float,
+) -> tuple[bool, Tensor, Tensor | None]:
+    """Lanczos's convergence test at step ``m`` on the Ritz values ``theta`` and their residuals ``resid``: whether
+    every one of the top-``k`` has estimated error at most ``tol * |theta| + floor`` (``floor``: 10 machine eps
+    times the largest ``|theta|``), and the new ``previous`` (these top-k Ritz values) and ``change`` (how much they
+    moved in this step; None while unknown)."""
+    top = torch.argsort(theta, descending=True)[:k]
+    err = resid[top]
+    if m > 1:  # gap estimate: |lambda - theta| <= r^2 / gap (Parlett), gap to the nearest other Ritz value
+        dist = (theta[top, None] - theta[None, :]).abs()
+        dist[torch.arange(k), top] = math.inf
+        err = torch.minimum(err, err**2 / dist.min(dim=1).values)
+    # ... and the Ritz values must have stopped moving: early on the Ritz gaps overstate the true gaps
+    # (eigenvalues not yet resolved lie between) and r^2 / gap alone stops far from the answer. The change d
+    # is extrapolated as in power iteration: d / (1 - q), q = d / d_prev, the changes still to come
+    if previous is None:
+        err = err + math.inf
+    else:
+        d = (theta[top] - previous).abs()
+        q = d / change if change is not None else torch.zeros_like(d)
+        ahead = torch.where(q < 1, d / (1 - q.clamp(max=0.999999)), torch.full_like(d, math.inf))
+        err, change = torch.maximum(err, torch.where(d == 0, d, ahead)), d
+    ok = bool((err <= tol * theta[top].abs() + floor).all())
+    return ok, theta[top], change
+
+
+def _grown(Q: Tensor, m: int, rows: int) -> Tensor:
+    """The basis buffer ``Q`` grown to ``rows`` rows, its first ``m`` rows kept."""
+    grown = torch.zeros(rows, Q.shape[1], dtype=Q.dtype, device=Q.device)
+    grown[:m] = Q[:m]
+    return grown
+
+
+def _ritz_pairs(
+    theta: Tensor, S: Tensor, basis: Tensor, resid: Tensor, k: int, *, exact: bool, converged: bool
+) -> EigenResult:
+    """The top-``k`` Ritz pairs of the tridiagonal matrix's eigenpairs ``(theta, S)`` in the Lanczos ``basis``, in
+    its dtype (``exact``: the basis spans the whole space, the residuals are zero)."""
+    dtype = basis.dtype
+    top = torch.argsort(theta, descending=True)[:k]
+    vecs = (S[:, top].T.to(dtype) @ basis).contiguous()
+    vecs = vecs / vecs.norm(dim=1, keepdim=True)
+    res = resid[top] if not exact else torch.zeros(k, dtype=torch.float64)
+    m = basis.shape[0]
     return EigenResult(theta[top].to(dtype), vecs, res.to(dtype), m, m, converged, "lanczos")
 
 
@@ -270,46 +302,15 @@ def power_iteration(
     max_iter = 1000 if max_iter is None else max_iter
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
-    eps = torch.finfo(dtype).eps
     U = torch.zeros(0, n, dtype=dtype, device=device)
     lams: list[float] = []
     res: list[float] = []
     n_hvp = n_iter = 0
     converged_all = True
     for i in range(k):
-        sigma = 0.0
         v = _start(v0 if i == 0 else None, n, gen, dtype, device, U)
-        lam_prev: float | None = None
-        d_prev = 0.0
-        lam, r, done, it = 0.0, math.inf, False, 0
-        while it < max_iter:
-            it += 1
-            w = matvec(v).to(device=device, dtype=dtype)
-            n_hvp += 1
-            if U.shape[0]:
-                w = w - U.T @ (U @ w)
-            lam = float(v @ w)
-            r = float((w - lam * v).norm())
-            z = w - sigma * v
-            nz = float(z.norm())
-            small = 10 * eps * max(abs(lam), float(w.norm()), 1e-300)
-            if nz <= small:  # v is an exact eigenvector with eigenvalue sigma (or the operator vanishes here)
-                done = True
-            elif lam_prev is not None:
-                d = abs(lam - lam_prev)
-                q = d / d_prev if d_prev else 0.0  # observed contraction of the Rayleigh-quotient changes
-                if q < 1 and d / (1 - q) <= tol * abs(lam) + small:  # d / (1 - q) = d + the changes still to come
-                    done = True
-                d_prev = d
-            if done and lam - sigma < -small:
-                # Converged to the dominant eigenvalue of H - sigma I, which is negative: shift past it, restart.
-                sigma, lam_prev, d_prev, done = lam, None, 0.0, False
-                v = _random_unit(n, gen, dtype, device, U)
-                continue
-            if done:
-                break
-            lam_prev = lam
-            v = z / nz
+        v, lam, r, done, it = _power_eigenpair(matvec, v, U, gen, tol=tol, max_iter=max_iter)
+        n_hvp += it
         n_iter += it
         converged_all &= done
         U = torch.cat([U, v[None]])
@@ -326,6 +327,48 @@ def power_iteration(
     return EigenResult(
         vals[order], U[order.to(device)], torch.tensor(res, dtype=dtype)[order], n_hvp, n_iter, converged_all, "power"
     )
+
+
+def _power_eigenpair(
+    matvec: Matvec, v: Tensor, U: Tensor, gen: torch.Generator, *, tol: float, max_iter: int
+) -> tuple[Tensor, float, float, bool, int]:
+    """Power iteration for the next eigenpair from the unit start vector ``v``, orthogonally to the rows of ``U``
+    (the eigenvectors already found), in ``v``'s dtype and on its device. Returns ``(v, lambda, residual, converged,
+    iterations)``; each iteration takes one product."""
+    n, dtype, device = v.shape[0], v.dtype, v.device
+    eps = torch.finfo(dtype).eps
+    sigma = 0.0
+    lam_prev: float | None = None
+    d_prev = 0.0
+    lam, r, done, it = 0.0, math.inf, False, 0
+    while it < max_iter:
+        it += 1
+        w = matvec(v).to(device=device, dtype=dtype)
+        if U.shape[0]:
+            w = w - U.T @ (U @ w)
+        lam = float(v @ w)
+        r = float((w - lam * v).norm())
+        z = w - sigma * v
+        nz = float(z.norm())
+        small = 10 * eps * max(abs(lam), float(w.norm()), 1e-300)
+        if nz <= small:  # v is an exact eigenvector with eigenvalue sigma (or the operator vanishes here)
+            done = True
+        elif lam_prev is not None:
+            d = abs(lam - lam_prev)
+            q = d / d_prev if d_prev else 0.0  # observed contraction of the Rayleigh-quotient changes
+            if q < 1 and d / (1 - q) <= tol * abs(lam) + small:  # d / (1 - q) = d + the changes still to come
+                done = True
+            d_prev = d
+        if done and lam - sigma < -small:
+            # Converged to the dominant eigenvalue of H - sigma I, which is negative: shift past it, restart.
+            sigma, lam_prev, d_prev, done = lam, None, 0.0, False
+            v = _random_unit(n, gen, dtype, device, U)
+            continue
+        if done:
+            break
+        lam_prev = lam
+        v = z / nz
+    return v, lam, r, done, it
 
 
 def _solve(

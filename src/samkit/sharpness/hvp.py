@@ -310,7 +310,8 @@ class ModelObjective(Objective):
     # -- kept first-order graphs at w0 (reuse_graph) ----------------------------------------------------------
     def _build_graphs(self) -> list[tuple[Tensor, Tensor | None, int]]:
         if self._graphs is None:
-            graphs, total, count = [], torch.zeros((), dtype=torch.float64, device=self.device), 0
+            graphs: list[tuple[Tensor, Tensor | None, int]] = []
+            total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
             with torch.enable_grad(), module_mode(self.model, self.train_mode):
                 for inputs, targets, nb in self._iter():
                     wg = self.w0.detach().requires_grad_(True)

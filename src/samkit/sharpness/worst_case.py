@@ -88,9 +88,9 @@ def _worst_case(
         delta = torch.zeros_like(w0) if r == 0 else rho * rand_dir()
         run_best = base if r == 0 else -math.inf
         for _ in range(steps):
-            loss, g = obj.loss_and_grad(w0 + delta)
+            value, g = obj.loss_and_grad(w0 + delta)
             n_grad += 1
-            loss = float(loss)
+            loss = float(value)
             if loss > run_best:
                 run_best = loss
             if loss > best_loss:

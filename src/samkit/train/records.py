@@ -268,6 +268,7 @@ class Records:
         """The run's checkpoint (see :func:`load_checkpoint`)."""
         if not self.has_checkpoint():
             raise TrainError(f"--resume: no checkpoint at {self.checkpoint}; run without --resume to start")
+        assert self.checkpoint is not None  # has_checkpoint() is False without one
         return load_checkpoint(self.checkpoint)
 
     def rows_of(self, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
@@ -347,4 +348,5 @@ class Records:
                 metrics_bytes=self.metrics_bytes,
                 metrics_sha256=self._metrics_hash.hexdigest(),
             )
+            assert self.checkpoint is not None  # enabled only with an out folder
             save_checkpoint(self.checkpoint, state)

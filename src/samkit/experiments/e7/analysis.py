@@ -26,7 +26,7 @@ from samkit.experiments.e7.config import METHODS, rho_grid
 from samkit.experiments.e7.runs import num
 
 
-def dynamic_range(values: Sequence[float]) -> float:
+def dynamic_range(values: Sequence[float] | np.ndarray) -> float:
     """max / min of the finite values (``nan`` when there are none, ``inf`` when the smallest is 0).
 
     >>> dynamic_range([2.0, float("nan"), 0.5])

@@ -8,6 +8,7 @@ PASSes, E7.1–E7.4 are NOT EXERCISED (their numbers are still shown).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -136,17 +137,18 @@ def failures(a: ModelAnalysis, config: Mapping[str, Any], why: Sequence[str]) ->
 def flatness(a: ModelAnalysis, config: Mapping[str, Any], why: Sequence[str]) -> Claim:
     """E7.3: at matched training loss SAM ends flatter than SGD (paired by seed); USAM does not."""
     match, work, flat = float(config["loss_match"]), float(config["eps_at_work"]), float(config["flat_ratio"])
-    ivs, parts, verdicts = {}, [], []
+    ivs: dict[str, SeedInterval | None] = {}
+    parts, verdicts = [], []
     for m, side in (("sam", "<="), ("usam", ">")):
-        ivs[m] = _interval(_per_seed(a, lambda s, m=m: a.flatness(m, s, match, work)))
+        iv = ivs[m] = _interval(_per_seed(a, functools.partial(a.flatness, m, loss_match=match, at_work=work)))
         used = {s: a.flat_points(m, s, match, work) for s in a.seeds}
         at_work = sum(1 for ks, w in used.values() if w and ks)
         none = [s for s, (ks, _) in used.items() if not ks]
-        verdicts.append(judge(ivs[m], side, flat) if ivs[m] else "FAIL")
+        verdicts.append(judge(iv, side, flat) if iv else "FAIL")
         parts.append(
-            f"{m.upper()} λ/λ_SGD {ivs[m].text() if ivs[m] else 'none (no run trains to a matched loss)'}; "
+            f"{m.upper()} λ/λ_SGD {iv.text() if iv else 'none (no run trains to a matched loss)'}; "
             f"perturbation at work on {at_work}/{len(a.seeds)} seeds"
-            + (f"; no run trains to a matched loss on seeds {none}" if none and ivs[m] else "")
+            + (f"; no run trains to a matched loss on seeds {none}" if none and iv else "")
         )
     return _claim(
         a,

@@ -34,12 +34,12 @@ def figures(config: Mapping[str, Any], a: Analysis, data: Mapping[str, Table], f
                 seeds = sorted({k[3] for k in stats if k[:3] == (method, eta, rho)})
                 for j, seed in enumerate(seeds):
                     c = curves.where(method=method, eta=eta, rho=rho, seed=seed)
-                    ax.plot(c.col("step"), c.col("lam"), color=color, lw=1.3, alpha=1.0 if j == 0 else 0.55,
-                            label=label if j == 0 else None)  # fmt: skip
+                    alpha, lam_label = (1.0, label) if j == 0 else (0.55, None)
+                    ax.plot(c.col("step"), c.col("lam"), color=color, lw=1.3, alpha=alpha, label=lam_label)
                     if method == "sam":
                         edge = [stability_edge(eta, rho / g) if g > 0 else np.nan for g in c.col("grad_norm")]
-                        ax.plot(c.col("step"), edge, color=color, ls=":", lw=1, alpha=0.9,
-                                label="its ‖g_t‖ edge" if j == 0 else None)  # fmt: skip
+                        edge_label = "its ‖g_t‖ edge" if j == 0 else None
+                        ax.plot(c.col("step"), edge, color=color, ls=":", lw=1, alpha=0.9, label=edge_label)
                 if method == "usam":
                     ax.axhline(stability_edge(eta, rho), color=color, ls=":", lw=1.2, label=f"λ* (ρ={rho:g})")
         ax.set_xlabel("step t")

@@ -57,6 +57,17 @@ def units(config: Mapping[str, Any]) -> list[Unit]:
     return out
 
 
+def _grad_norm(model: Any) -> float:
+    """‖∇L‖ over every parameter of ``model``, each holding the gradient of the closure just run."""
+    import torch
+
+    grads = []
+    for p in model.parameters():
+        assert p.grad is not None  # every parameter is used by the loss
+        grads.append(p.grad.reshape(-1))
+    return float(torch.cat(grads).norm())
+
+
 def run_unit(params: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -98,15 +109,14 @@ def run_unit(params: Mapping[str, Any]) -> dict[str, Any]:
         if t % every == 0 or t == steps:
             with torch.enable_grad():
                 loss = float(closure().detach())
-            gnorm = float(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).norm())
+            gnorm = _grad_norm(model)
             opt.zero_grad()
             if not (math.isfinite(loss) and math.isfinite(gnorm) and loss < params["blowup"]):
                 diverged_step = t
                 break
             with warnings.catch_warnings():  # a non-converged estimate is counted, not printed
                 warnings.simplefilter("ignore", RuntimeWarning)
-                r = top_eigenvalues(model, half_squared_error, [(x, y)], k=1, method="lanczos",
-                                    tol=params["eig_tol"])  # fmt: skip
+                r = top_eigenvalues(model, half_squared_error, [(x, y)], k=1, method="lanczos", tol=params["eig_tol"])
             n_hvp += r.n_hvp
             n_unconverged += not r.converged
             for k, v in (("step", t), ("lam", float(r.eigenvalues[0])), ("loss", loss), ("grad_norm", gnorm)):

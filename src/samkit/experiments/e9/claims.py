@@ -66,7 +66,9 @@ def cycle_amplitude(a: Analysis, config: Mapping[str, Any], cycle: Table) -> Cla
     thr = theory.unified_threshold(a.beta, torch.as_tensor(rho), torch.as_tensor(lam)).numpy() if len(t) else eta
     inside = eta < (1.0 - band) * thr
     why = [] if inside.any() else ["no (η, ρ, λ > 0) of the cycle grid lies below its threshold"]
-    pred = theory.unified_cycle_amplitude(eta[inside], rho[inside], a.beta, lam[inside]).numpy()
+    pred = theory.unified_cycle_amplitude(
+        torch.as_tensor(eta[inside]), torch.as_tensor(rho[inside]), a.beta, torch.as_tensor(lam[inside])
+    ).numpy()
     meas, prev = t.col("amplitude")[inside], t.col("amplitude_prev")[inside]
     diverged = t.col("diverged").astype(bool)[inside] if inside.any() else np.zeros(0, bool)
     err = np.abs(meas - pred) / pred if inside.any() else np.zeros(0)

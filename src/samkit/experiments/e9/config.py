@@ -95,7 +95,7 @@ PRESETS = {
     ),
 }
 
-_LAM = {"min": 0, "max": 1}
+_LAM: dict[str, Any] = {"min": 0, "max": 1}
 
 SCHEMA = {
     "seed": SEED,
