@@ -355,6 +355,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = train_config(args)
     cfg.validate()  # bad flags before any folder is made
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    assert cfg.out is not None  # train_config names the folder when --out is not given
     out = ensure_writable(Path(cfg.out))
     if main_rank:
         Records(cfg.out).claim()  # the run's folder, or refused, before the lock file is made in it
@@ -384,7 +385,8 @@ def _run(
 ) -> int:
     _warn_repeated(overrides)
     # every override of every experiment, and the GPU request, checked before any work
-    plan = Plan(make_plan([get(n) for n in experiments], preset, overrides, device=args.device), args.gpus_per_unit)
+    items = make_plan([get(n) for n in experiments], preset, overrides, device=args.device)
+    plan = Plan(tuple(items), args.gpus_per_unit)
     if args.executor != "ray":  # a Ray cluster's workers may have GPUs this machine has not
         plan.check_local_devices()
     ensure_writable(out)

@@ -347,7 +347,7 @@ class RayExecutor(Executor):
         refs = {}
         for t in tasks:
             res = dict(t.resources)
-            opts = {
+            opts: dict[str, Any] = {
                 "num_cpus": float(res.pop("num_cpus", 1)),
                 "num_gpus": float(res.pop("num_gpus", 0)),
                 "max_retries": self.retries,

@@ -330,7 +330,10 @@ def collect(out: Path, errors: Mapping[str, str] | None = None) -> tuple[list[Ex
     """
     out = Path(out)
     errors = dict(errors or {})
-    results, problems = [], []
+    results: list[ExperimentResult] = []
+    problems: list[Problem] = []
+    result: ExperimentResult | None
+    problem: Problem | None
     for d in experiment_dirs(out):
         if d.name in errors:
             result, problem, readable = None, _problem(d.name, errors[d.name], "damaged"), False
@@ -505,7 +508,7 @@ def _section(name: str, result: Mapping[str, Any] | None, problem: Problem | Non
                 "data": [(Path(_text(d)).name, _href(name, _text(d))) for d in _items(f.get("data"))],
             }
         )
-    run = result.get("run") if isinstance(result.get("run"), dict) else {}
+    run: Mapping[str, Any] = result["run"] if isinstance(result.get("run"), dict) else {}
     seconds = run.get("seconds")
     sec["info"] = {
         "preset": _text(result.get("preset")),
