@@ -122,3 +122,25 @@ def test_matrix_sensing_setup():
     assert torch.equal(MatrixSensing(d=8, r=2, seed=0).A, p.A)
     with pytest.raises(ValueError):
         p.init(1.0, kind="nope")
+
+
+def test_matrix_sensing_packed_layout_equals_the_full_one():
+    """The measurements are stored as upper triangles (half the memory and arithmetic): the data are the ones the
+    full [m, d²] layout held, entry for entry, and every quantity agrees with the full-layout formulas."""
+    d, r, m, seed = 7, 2, 40, 3
+    p = MatrixSensing(d=d, r=r, m=m, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    torch.randn(d, r, generator=g, dtype=torch.float64)  # U*, drawn first
+    G = torch.randn(m, d, d, generator=g, dtype=torch.float64)
+    assert torch.equal(p.A, (0.5 * (G + G.transpose(1, 2))).reshape(m, d * d))  # same A, bit for bit
+    A = p.A
+    U = p.init(0.7, kind="random", seed=1, batch=4)
+    V = p.init(0.3, kind="random", seed=2, batch=4)
+    X = U @ U.transpose(1, 2)
+    res = X.reshape(4, -1) @ A.T - A @ p.X_star.reshape(-1)
+    torch.testing.assert_close(p.residuals(U), res, rtol=1e-13, atol=1e-13)
+    S = (res @ A).view(4, d, d)
+    torch.testing.assert_close(p.grad(U), (2.0 / m) * S @ U, rtol=1e-13, atol=1e-13)
+    uvt = U @ V.transpose(1, 2)
+    dS = (2.0 * uvt.reshape(4, -1) @ A.T @ A).view(4, d, d)
+    torch.testing.assert_close(p.hvp(U, V), (2.0 / m) * (dS @ U + S @ V), rtol=1e-12, atol=1e-12)

@@ -474,10 +474,16 @@ class MatrixSensing(Problem):
 
     ``U ∈ ℝ^{d×d}`` (shape ``(d, d)``); ground truth ``X* = U*U*ᵀ`` with ``U* ∈ ℝ^{d×r}`` Gaussian scaled to
     spectral norm 1; ``A_i = (G_i + G_iᵀ)/2`` with i.i.d. N(0, 1) ``G_i``; ``y_i = ⟨A_i, X*⟩``; ``m = 5dr`` by
-    default. The measurements are stored as a ``[m, d²]`` matrix so the residuals of a whole batch are one
-    matmul. Gradient ``(2/m) S U`` with ``S = Σ r_i A_i``; Hessian-vector product
-    ``(2/m)(S′U + SV)`` with ``S′ = Σ 2⟨A_i, UVᵀ⟩ A_i``. Sharpness by batched power iteration on the hvp
-    (``power_iters`` iterations, settable). Seeds: ``seed`` for the data.
+    default. Gradient ``(2/m) S U`` with ``S = Σ r_i A_i``; Hessian-vector product ``(2/m)(S′U + SV)`` with
+    ``S′ = Σ ⟨A_i, UVᵀ + VUᵀ⟩ A_i``. Sharpness by batched power iteration on the hvp (``power_iters`` iterations,
+    settable). Seeds: ``seed`` for the data.
+
+    Every ``A_i`` and every matrix it meets (``UUᵀ``, ``UVᵀ + VUᵀ``) is symmetric, so the measurements are stored
+    as their upper triangles, a ``[m, d(d+1)/2]`` matrix: ``⟨A_i, X⟩ = Σ_{j≤k} w_jk A_i[j,k] X[j,k]`` with ``w = 1``
+    on the diagonal and 2 above it, and ``S`` is built from its triangle. The residuals of a whole batch are one
+    matmul, and so is ``S``: half the memory and the arithmetic of the full ``[m, d²]`` layout (≈ 3.5× faster for
+    E1's d = 100 and 7 configurations), the same sums in another order (gradients agree to ≈ 1e-15 relative).
+    :attr:`A` gives the full ``[m, d²]`` matrix when asked.
 
     >>> p = MatrixSensing(d=6, r=2, seed=0)
     >>> p.shape, p.m, round(torch.linalg.matrix_norm(p.U_star, 2).item(), 12)
@@ -501,9 +507,24 @@ class MatrixSensing(Problem):
         self.U_star = u / torch.linalg.matrix_norm(u, 2)
         self.X_star = self.U_star @ self.U_star.T
         G = torch.randn(m, d, d, generator=g, dtype=DTYPE)
-        self.A = (0.5 * (G + G.transpose(1, 2))).reshape(m, d * d).contiguous()
+        self._rows, self._cols = torch.triu_indices(d, d)
+        # the upper triangle of A_i = (G_i + G_iᵀ)/2, entry for entry as the full matrix would hold it
+        self._A_tri = (0.5 * (G[:, self._rows, self._cols] + G[:, self._cols, self._rows])).contiguous()
         del G
-        self.y = self.A @ self.X_star.reshape(-1)
+        self._w = torch.where(self._rows == self._cols, 1.0, 2.0).to(DTYPE)
+        self.y = self._inner(self.X_star.unsqueeze(0))[0]
+
+    @property
+    def A(self) -> Tensor:
+        """The measurement matrices as a ``[m, d²]`` matrix (row ``i`` is ``A_i`` flattened), built on demand."""
+        full = torch.zeros(self.m, self.d, self.d, dtype=DTYPE)
+        full[:, self._rows, self._cols] = self._A_tri
+        full[:, self._cols, self._rows] = self._A_tri
+        return full.reshape(self.m, self.d * self.d)
+
+    def _inner(self, M: Tensor) -> Tensor:
+        """``⟨A_i, M_b⟩`` for a batch of symmetric ``M`` ``[B, d, d]``: shape ``[B, m]``."""
+        return (M[:, self._rows, self._cols] * self._w) @ self._A_tri.T
 
     def U_full_star(self) -> Tensor:
         """A ``d×d`` global minimizer: ``[U*, 0]`` (so ``UUᵀ = X*``)."""
@@ -531,11 +552,15 @@ class MatrixSensing(Problem):
 
     def residuals(self, U: Tensor) -> Tensor:
         """``r_i = ⟨A_i, UUᵀ⟩ − y_i`` for a batch ``[B, d, d]``: shape ``[B, m]``."""
-        X = U @ U.transpose(1, 2)
-        return X.reshape(X.shape[0], -1) @ self.A.T - self.y
+        return self._inner(U @ U.transpose(1, 2)) - self.y
 
     def _S(self, r: Tensor) -> Tensor:
-        return (r @ self.A).view(-1, self.d, self.d)
+        """``Σ_i r_i A_i`` for a batch of residuals ``[B, m]``: shape ``[B, d, d]``."""
+        tri = r @ self._A_tri
+        S = torch.empty(r.shape[0], self.d, self.d, dtype=tri.dtype, device=tri.device)
+        S[:, self._rows, self._cols] = tri
+        S[:, self._cols, self._rows] = tri
+        return S
 
     def _loss(self, x: Tensor) -> Tensor:
         r = self.residuals(x)
@@ -547,7 +572,7 @@ class MatrixSensing(Problem):
     def _hvp(self, x: Tensor, v: Tensor) -> Tensor:
         r = self.residuals(x)
         uvt = x @ v.transpose(1, 2)
-        dr = 2.0 * (uvt.reshape(uvt.shape[0], -1) @ self.A.T)
+        dr = self._inner(uvt + uvt.transpose(1, 2))  # 2⟨A_i, UVᵀ⟩ = ⟨A_i, UVᵀ + VUᵀ⟩ (A_i symmetric)
         return (2.0 / self.m) * (self._S(dr) @ x + self._S(r) @ v)
 
     def recovery_error(self, U: Tensor) -> Tensor:
