@@ -2,6 +2,7 @@
 
 Modules: :mod:`~samkit.optim.sam` (the optimizer), :mod:`~samkit.optim.usam`, :mod:`~samkit.optim.gsam` (variants),
 :mod:`~samkit.optim.groups` (parameter groups), :mod:`~samkit.optim.ops` (list operations, non-finite checks),
+:mod:`~samkit.optim.fused` (the flat-buffer step of ``fused=True``),
 :mod:`~samkit.optim.accumulation`, :mod:`~samkit.optim.checkpoint`, :mod:`~samkit.optim.integrations` (BatchNorm,
 DDP) and :mod:`~samkit.optim.registry` (the optimizers ``samkit train`` offers).
 """

@@ -22,7 +22,17 @@ from torch import Tensor
 from samkit._compat import Groups, group_by_device_and_dtype, non_finite_check_and_unscale_
 from samkit.core import Perturbation, global_norm, perturb
 
-__all__ = ["ListOps", "ForeachOps", "list_ops", "ListCache", "grouped", "unscale_", "nonfinite", "Groups"]
+__all__ = [
+    "ListOps",
+    "ForeachOps",
+    "list_ops",
+    "ListCache",
+    "grouped",
+    "unscale_",
+    "nonfinite",
+    "backup_and_perturb",
+    "Groups",
+]
 
 
 def grouped(tensors: Sequence[Tensor]) -> Groups:
@@ -152,6 +162,29 @@ def list_ops(foreach: bool) -> ListOps:
     ('ForeachOps', 'ListOps')
     """
     return _OPS[bool(foreach)]
+
+
+def backup_and_perturb(
+    ops: ListOps, cache: ListCache, params: Sequence[Sequence[Tensor]], rule: Perturbation
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Back up each group's parameters (``params[k]``) into ``cache``'s buffers and add ``ε = c_k · d_k`` (``rule``);
+    return the tensors changed and their backups, for the restore (the list path of :class:`samkit.SAM`).
+
+    >>> p = [torch.zeros(2)]
+    >>> rule = perturb([[torch.ones(2)]], [0.5], 0.0, 0.0)     # USAM: ε = 0.5 g
+    >>> changed, saved = backup_and_perturb(list_ops(True), ListCache(), [p], rule)
+    >>> p[0].tolist(), saved[0].tolist()
+    ([0.5, 0.5], [0.0, 0.0])
+    """
+    changed: list[Tensor] = []
+    saved: list[Tensor] = []
+    for group, direction, c in zip(params, rule.directions, rule.coefficients):
+        backups = cache.backups(group)
+        ops.copy_(backups, group)
+        ops.add_(group, direction, c)
+        changed += group
+        saved += backups
+    return changed, saved
 
 
 class _Entry:

@@ -22,8 +22,9 @@ from samkit._checks import integer, number
 from samkit._compat import mark_stepped
 from samkit.core import adaptive_scale, check_rho, resolve_lam
 from samkit.optim import accumulation, checkpoint, integrations
+from samkit.optim.fused import fused_step
 from samkit.optim.groups import SAMGroup, check_built_base, check_group
-from samkit.optim.ops import ListCache, list_ops
+from samkit.optim.ops import ListCache, backup_and_perturb, list_ops
 
 __all__ = ["SAM", "SAMGroup", "NonFiniteGradientError"]
 
@@ -77,6 +78,8 @@ class SAM(Optimizer):
         eps: added to ‖g‖ in the normalized part. ``eps=0`` is exact normalization.
         foreach: use the multi-tensor (``torch._foreach_*``) kernels; ``False`` runs the single-tensor reference
             loop, which gives identical results (the choice is made once: ``self.ops``).
+        fused: opt-in flat buffers per device and dtype (:mod:`samkit.optim.fused`; needs ``foreach``): a few
+            kernels per step instead of one per tensor; equal to ``fused=False`` to float rounding, not bit for bit.
         on_nonfinite: what to do when a gradient (either pass) holds inf/NaN: ``"raise"`` a
             :class:`NonFiniteGradientError` (parameters are left unperturbed), or ``"skip"`` the step (parameters
             and base-optimizer state untouched; counted in ``skipped_steps``).
@@ -128,6 +131,7 @@ class SAM(Optimizer):
         adaptive_eta: float = 0.01,
         eps: float = 1e-12,
         foreach: bool = True,
+        fused: bool = False,
         on_nonfinite: str = "raise",
         model: torch.nn.Module | None = None,
         perturbation: str = "local",
@@ -151,6 +155,7 @@ class SAM(Optimizer):
         self.on_nonfinite = on_nonfinite
         self.foreach = bool(foreach)
         self.ops = list_ops(self.foreach)  #: the list operations (:mod:`samkit.optim.ops`), chosen once
+        self._fused = fused_step(fused, self.foreach)  # the fused step (fused=True), or None
         defaults = dict(rho=rho, adaptive=bool(adaptive), adaptive_eta=adaptive_eta)
 
         if isinstance(base_optimizer, Optimizer):
@@ -242,20 +247,19 @@ class SAM(Optimizer):
             self._step = self._last = _Step()
             self._save_bn(self._step)
             return
-        params = groups[0].params if len(groups) == 1 else [p for g in groups for p in g.params]
-        grads, rhos, scales = [g.grads for g in groups], [g.rho for g in groups], [g.scales for g in groups]
-        rule = self.ops.perturb(grads, rhos, self.lam, self.eps, scales, self._cache.layout(params))  # the rule
+        fused = self._fused if self._fused is not None and self._fused.prepare(groups) else None
+        rule = fused.perturb(groups, self.lam, self.eps) if fused is not None else None
+        if rule is None:  # the rule on the lists (fused=False, or where the flat norm cannot decide)
+            params = groups[0].params if len(groups) == 1 else [p for g in groups for p in g.params]
+            grads, rhos, scales = [g.grads for g in groups], [g.rho for g in groups], [g.scales for g in groups]
+            rule = self.ops.perturb(grads, rhos, self.lam, self.eps, scales, self._cache.layout(params))
         if not rule.finite:
             self._nonfinite("first")  # raises, or the step is skipped
             self._step = self._last = _Step(skip=True, grad_norm=rule.grad_norm)
             return
         step = self._step = self._last = _Step(grad_norm=rule.grad_norm, perturbation_norm=rule.norm)
-        for group, direction, c in zip(groups, rule.directions, rule.coefficients):
-            saved = self._cache.backups(group.params)
-            self.ops.copy_(saved, group.params)
-            self.ops.add_(group.params, direction, c)
-            step.changed += group.params
-            step.saved += saved
+        apply = fused.apply if fused is not None else functools.partial(backup_and_perturb, self.ops, self._cache)
+        step.changed, step.saved = apply([g.params for g in groups], rule)  # the backup and ε
         self._save_bn(step)
         self.after_perturb(groups)
         if zero_grad:
@@ -406,13 +410,11 @@ class SAM(Optimizer):
 
     @torch.no_grad()
     def _step_unperturbed(self, scaler: Any = None) -> None:
-        """The base step with nothing to restore, through :meth:`second_step`'s checks (gradients, scaler, counters)."""
-        self._step = _Step()
+        self._step = _Step()  # the base step with nothing to restore, through second_step's checks and counters
         self.second_step(scaler=scaler)
 
     @property
-    def _skipping(self) -> bool:
-        """The step in progress will be skipped."""
+    def _skipping(self) -> bool:  # the step in progress will be skipped
         return self._step is not None and self._step.skip
 
     @property
