@@ -1,5 +1,5 @@
-"""Sharpness toolkit: Hessian-vector products, top-k eigenvalues, the eigenvalue density (SLQ), Hutchinson trace,
-worst- and average-case sharpness.
+"""Sharpness toolkit: Hessian-vector products, top-k eigenvalues, the eigenvalue density (SLQ), the Hessian trace
+(Hutchinson, Hutch++) and diagonal, worst- and average-case sharpness.
 
 Every measurement takes ``(model, loss_fn, batches)`` and is exact over all batches (the dataset loss is the
 batch-size-weighted mean of ``loss_fn(model(inputs), targets)``), or a function of a flat tensor (``*_fn``). Models
@@ -28,7 +28,15 @@ from samkit.sharpness.eigen import (
     top_eigenvalues_fn,
 )
 from samkit.sharpness.hvp import FunctionObjective, ModelObjective, Objective, hvp, hvp_fn
-from samkit.sharpness.trace import TraceResult, hessian_trace, hessian_trace_fn
+from samkit.sharpness.trace import (
+    TRACE_METHODS,
+    DiagonalResult,
+    TraceResult,
+    hessian_diagonal,
+    hessian_diagonal_fn,
+    hessian_trace,
+    hessian_trace_fn,
+)
 from samkit.sharpness.worst_case import (
     AverageSharpnessResult,
     WorstCaseResult,
@@ -40,7 +48,9 @@ from samkit.sharpness.worst_case import (
 
 __all__ = [
     "EIGEN_METHODS",
+    "TRACE_METHODS",
     "AverageSharpnessResult",
+    "DiagonalResult",
     "EigenResult",
     "FunctionObjective",
     "ModelObjective",
@@ -51,6 +61,8 @@ __all__ = [
     "average_sharpness",
     "average_sharpness_fn",
     "function_objective",
+    "hessian_diagonal",
+    "hessian_diagonal_fn",
     "hessian_trace",
     "hessian_trace_fn",
     "hvp",
