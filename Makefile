@@ -1,6 +1,6 @@
 # The README's commands. Each target creates or reuses .venv, installs a CPU torch when the venv has none
 # (override TORCH_SPEC for your own build, e.g. `make test TORCH_SPEC="torch==2.5.1"`), installs samkit with
-# its dev and ray extras (so the Ray executor's tests run), then runs.
+# its dev, ray and docs extras (so the Ray executor's and the docs site's tests run), then runs.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -9,14 +9,14 @@ OUT ?= results
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samkit-installed
 
-.PHONY: test reproduce lint bench install data clean
+.PHONY: test reproduce lint bench install data clean docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,ray]"
+	$(PY) -m pip install --quiet -e ".[dev,ray,docs]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -41,8 +41,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
+# the docs site (mkdocs.yml): strict, so a broken reference or an untested example fails; open site/index.html
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site
