@@ -7,7 +7,12 @@
 2. The same configurations run one at a time in a Python loop (timed on a sample, scaled) and the ratio.
 3. Time per step of a batch of 64 matrix-sensing configurations at d = 100 (SAM).
 
-Fused and floor timings are medians of ``--repeat`` runs (the machine is shared); compilation is timed separately.
+Fused and floor timings are medians of ``--repeat`` runs (the machine is shared); compilation (the first call) is
+timed separately. With one thread the clock is the thread's CPU time (``time.thread_time``: waiting for a core on a
+loaded machine is not counted; contention for memory still is). For SAM, a breakdown of fused / floor follows:
+engine bookkeeping (simulate around the compiled step), per-call overhead (the compiled step on 16 configurations),
+subnormal arithmetic (the same compiled step with ``torch.set_flush_denormal(True)``, a measurement only: simulate
+never flushes) and the step's own kernel.
 
 Run: ``python benchmarks/dynamics_sweep.py`` (``--quick`` for a smaller, faster version).
 """
@@ -23,7 +28,9 @@ import torch
 
 from samkit.core import perturb_batched, resolve_lam
 from samkit.dynamics import MatrixSensing, Quadratic, simulate, theory
-from samkit.dynamics.simulate import update
+from samkit.dynamics.simulate import _compiled, _range_scale, update
+
+CLOCK = time.thread_time
 
 
 def per_config_loop(problem: Quadratic, method: str, eta: float, rho: float, x0: torch.Tensor, steps: int) -> bool:
@@ -43,10 +50,53 @@ def per_config_loop(problem: Quadratic, method: str, eta: float, rho: float, x0:
 def floor(shape: tuple[int, int], steps: int) -> float:
     """One in-place read-modify-write of a state of this shape per step."""
     x = torch.ones(shape, dtype=torch.float64)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(steps):
         x.mul_(0.999)
-    return time.perf_counter() - t0
+    return CLOCK() - t0
+
+
+def kernel_loop(q: Quadratic, eta: torch.Tensor, rho: torch.Tensor, steps: int, flush: bool = False) -> float:
+    """The compiled fast SAM step of the fused engine called ``steps`` times on ``[d, B]``, with its host check (what
+    simulate runs, without its bookkeeping); ``flush``: with denormals flushed to zero (a measurement only)."""
+    B, d = eta.numel(), q.shape[0]
+    x = torch.ones(d, B, dtype=torch.float64).t()
+    alive = torch.ones(B, dtype=torch.float64)
+    at, t = -alive, torch.zeros((), dtype=torch.float64)
+    scale = _range_scale(1e100)
+    consts = [torch.tensor(v, dtype=torch.float64) for v in (1e100 / d**0.5, scale, scale * 1e100)]
+    step = _compiled(False, d)
+    step(q, x.clone(), eta.reshape(-1, 1), rho, alive, at, None, t, *consts, 1.0, 0.0)  # compiled for these shapes
+    flushed = flush and torch.set_flush_denormal(True)
+    try:
+        t0 = CLOCK()
+        for _ in range(steps):
+            out = step(q, x, eta.reshape(-1, 1), rho, alive, at, None, t, *consts, 1.0, 0.0)
+            out.inexact.item()
+            alive, at, t = out.alive, out.diverged_at, out.t
+        return CLOCK() - t0
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+
+
+def breakdown(q: Quadratic, E: torch.Tensor, R: torch.Tensor, steps: int, fused: float, repeat: int) -> None:
+    """Where SAM's fused / floor goes, each part as a multiple of the floor, measured in this run (medians)."""
+    B = E.numel()
+    eta, rho = E.reshape(-1), R.reshape(-1)
+    parts: dict[str, list[float]] = {k: [] for k in ("floor", "kernel", "flushed", "tiny")}
+    for _ in range(repeat):
+        parts["floor"].append(floor((10, B), steps))
+        parts["kernel"].append(kernel_loop(q, eta, rho, steps))
+        parts["flushed"].append(kernel_loop(q, eta, rho, steps, flush=True))
+        parts["tiny"].append(kernel_loop(q, eta[:16].clone(), rho[:16].clone(), steps))
+    m = {k: statistics.median(v) for k, v in parts.items()}
+    f = m["floor"]
+    print(
+        f"sam breakdown (x floor, floor {f:.3f} s): fused simulate {fused / f:.1f} = bookkeeping "
+        f"{(fused - m['kernel']) / f:.1f} + subnormal arithmetic {(m['kernel'] - m['flushed']) / f:.1f} + per-call "
+        f"overhead {m['tiny'] / f:.1f} + the step's kernel {(m['flushed'] - m['tiny']) / f:.1f}"
+    )
 
 
 def rowwise(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,6 +111,8 @@ def main() -> None:
     ap.add_argument("--no-eager", action="store_true", help="skip the eager engine (slow) and the comparison")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.thread_time if args.threads == 1 else time.perf_counter
     n, steps = (64, 500) if args.quick else (256, 2000)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()}")
 
@@ -76,13 +128,13 @@ def main() -> None:
     for method in ("sam", "usam"):
         t0 = time.perf_counter()
         simulate(q, method, E, R, x0=x0, steps=2, record=(), fused=True)  # compiles the step for these shapes
-        t_compile = time.perf_counter() - t0
+        t_compile = time.perf_counter() - t0  # wall clock: compilation runs in other processes too
         fused_t, floor_t = [], []
         for _ in range(args.repeat):
             floor_t.append(floor((10, B), steps))
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             res = simulate(q, method, E, R, fused=True, **kw)
-            fused_t.append(time.perf_counter() - t0)
+            fused_t.append(CLOCK() - t0)
         tf, tfl = statistics.median(fused_t), statistics.median(floor_t)
         frac = res.diverged.double().mean().item()
         if method == "usam":
@@ -110,14 +162,18 @@ def main() -> None:
         ).all(1)
         print(f"{method}: configurations at an exact fixed point at the end (freezable): {int(fixed.sum())} of {B}")
         if not args.no_eager:
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             ref = simulate(q, method, E, R, fused=False, **kw)
-            te = time.perf_counter() - t0
+            te = CLOCK() - t0
             same = torch.equal(ref.diverged_at, res.diverged_at)
+            loss = rowwise(ref.final_loss.unsqueeze(1), res.final_loss.unsqueeze(1))
             print(
-                f"{method}: eager {te:.2f} s; eager / fused = {te / tf:.1f}x; eager / floor = {te / tfl:.0f}x; "
-                f"same divergence steps: {same}; final iterates agree to {rowwise(ref.final, res.final):.1e} (rowwise)"
+                f"{method}: eager {te:.2f} s; eager / fused = {te / tf:.1f}x; eager / floor = {te / tfl:.1f}x; "
+                f"same divergence steps: {same}; final iterates agree to {rowwise(ref.final, res.final):.1e} "
+                f"(rowwise), final losses to {loss:.1e}"
             )
+        if method == "sam":
+            breakdown(q, E, R, steps, tf, args.repeat)
 
         # baseline: per-configuration loop on a sample, scaled
         g = torch.Generator().manual_seed(0)

@@ -109,8 +109,8 @@ def test_the_fast_norms_fall_back_to_the_exact_ones_out_of_range(traced, monkeyp
     exact_steps = []
     compiled = SIM._compiled
 
-    def spy(exact):
-        fn = compiled(exact)
+    def spy(exact, numel=0):
+        fn = compiled(exact, numel)
         if not exact:
             return fn
 
@@ -162,7 +162,7 @@ def test_fused_choice_is_automatic_for_large_sweeps_only(monkeypatch):
 
 
 def test_a_failed_compilation_warns_and_runs_eagerly(monkeypatch):
-    def broken(exact):
+    def broken(exact, numel=0):
         def fail(*args):
             raise torch._dynamo.exc.TorchDynamoException("no C++ compiler")
 
@@ -175,7 +175,7 @@ def test_a_failed_compilation_warns_and_runs_eagerly(monkeypatch):
     ref = simulate(q, "usam", [0.1, 0.6], 0.1, steps=30, fused=False)
     assert torch.equal(res.final, ref.final) and torch.equal(res.diverged_at, ref.diverged_at)
 
-    def wrong(exact):  # an error of the computation itself is not swallowed
+    def wrong(exact, numel=0):  # an error of the computation itself is not swallowed
         def fail(*args):
             raise ZeroDivisionError("a bug")
 
@@ -205,3 +205,52 @@ def test_cuda_gives_the_cpu_results(fused):
     gpu = simulate(q, "sam", fused=fused, device="cuda", **args)
     assert gpu.final.device.type == "cpu"
     assert_same(cpu, gpu)
+
+
+FUSABLE = [
+    Quadratic([20.0, 5.0, 1.0]),
+    Quadratic([9.0, 4.0, 1.0, 0.5], rotate=True, seed=3),
+    SmoothStronglyConvex([5.0, 1.0], c=0.5),
+    ScalarFactorization(),
+    SingleNeuron("logcosh"),
+    SingleNeuron("sqrt"),
+    PLManifold(),
+]
+
+
+@pytest.mark.parametrize("problem", FUSABLE, ids=lambda p: f"{type(p).__name__}-{p.shape[0]}")
+def test_every_fusable_problem_and_method_matches_the_eager_engine(traced, problem):
+    """The fused engine (configurations contiguous, ``[*shape, B]`` inside) against the eager one: every method,
+    converging and diverging configurations (a growing run is stopped at 1e4 before it amplifies rounding), every
+    series; divergence steps identical, shapes unchanged."""
+    assert problem.fusable
+    eta, rho = [0.01, 0.1, 0.3, 0.6, 1.5], [0.05, 0.3, 0.1, 1.0, 0.2]
+    for method in ("gd", "sam", "usam", "unified"):
+        args = dict(eta=eta, rho=rho, steps=45, record_every=8, blowup=1e4, lam=0.5 if method == "unified" else None)
+        eager = simulate(problem, method, fused=False, **args)
+        fused = simulate(problem, method, fused=True, **args)
+        assert_same(eager, fused)
+        B, T = len(eta), len(eager.steps)
+        assert fused.final.shape == (B, *problem.shape) and fused.final.is_contiguous()
+        assert {k: tuple(v.shape) for k, v in fused.series.items()} == {
+            k: (T, B, *problem.shape) if k == "x" else (T, B) for k in SERIES
+        }
+
+
+def test_inductor_unrolls_the_norms_of_a_d10_problem_to_the_same_results():
+    """d = 10 (the phase-diagram problem): inductor writes the per-configuration norms out term by term
+    (``UNROLL_MAX``); SAM and USAM match the eager engine, divergence steps included."""
+    torch._dynamo.reset()
+    q = Quadratic(torch.logspace(0, 1, 10, dtype=F64))
+    assert 8 < q.shape[0] <= SIM.UNROLL_MAX
+    eta = torch.linspace(0.02, 0.25, 12, dtype=F64)
+    rho = torch.logspace(-3, 1, 12, dtype=F64)
+    for method in ("sam", "usam"):
+        args = dict(eta=eta, rho=rho, x0=torch.ones(10), steps=120, record_every=40, blowup=1e8)
+        eager = simulate(q, method, fused=False, **args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fused = simulate(q, method, fused=True, **args)
+        assert not [w for w in caught if "torch.compile failed" in str(w.message)]
+        assert eager.diverged.any() and not eager.diverged.all()
+        assert_same(eager, fused)

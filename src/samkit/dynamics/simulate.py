@@ -283,16 +283,24 @@ def _fused_step(
 
 
 #: compiled :func:`_fused_step`, fast and exact; torch.compile caches the code per problem, shapes and constants
-_COMPILED: dict[tuple[bool, str], Any] = {}
+_COMPILED: dict[tuple[bool, str, int], Any] = {}
 #: the torch.compile backend of the fused engine (tests use "aot_eager": traced, not compiled to C++)
 _BACKEND = "inductor"
+#: iterates of at most this many entries get their per-configuration reductions (norms, max) written out term by
+#: term by inductor (``unroll_reductions_threshold``): the whole step then runs in one loop over the configurations
+#: plus the write-back, instead of a reduction loop per norm (P3, d = 10: the same numbers bit for bit, about 15%
+#: less time per step while the state holds no subnormal numbers, which later dominate: benchmarks/dynamics_sweep.py)
+UNROLL_MAX = 16
 
 
-def _compiled(exact: bool) -> Any:
-    key = (exact, _BACKEND)
+def _compiled(exact: bool, numel: int = 0) -> Any:
+    """The compiled :func:`_fused_step` (``exact``) for iterates of ``numel`` entries."""
+    unroll = numel if 8 < numel <= UNROLL_MAX and _BACKEND == "inductor" else 0  # inductor unrolls <= 8 already
+    key = (exact, _BACKEND, unroll)
     if key not in _COMPILED:
         fn = functools.partial(_fused_step, exact=exact)
-        _COMPILED[key] = torch.compile(fn, backend=_BACKEND, dynamic=False, fullgraph=True)
+        options: dict[str, Any] | None = {"unroll_reductions_threshold": unroll} if unroll else None
+        _COMPILED[key] = torch.compile(fn, backend=_BACKEND, dynamic=False, fullgraph=True, options=options)
     return _COMPILED[key]
 
 
@@ -549,7 +557,8 @@ class _Run:
         alive = torch.ones(x.shape[0], dtype=DTYPE, device=dev)
         diverged_at, path = -alive, (self.path if self.want_path else None)
         consts = [torch.tensor(v, dtype=DTYPE, device=dev) for v in (self.quick, self.scale, self.limit)]
-        fast, exact = _compiled(False), _compiled(True)
+        numel = x[0].numel()
+        fast, exact = _compiled(False, numel), _compiled(True, numel)
         t, steps, step = 0, self.rec_steps[-1], torch.zeros((), dtype=DTYPE, device=dev)
         for i, until in enumerate(self.rec_steps[1:], start=1):
             while t < until:
