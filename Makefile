@@ -1,6 +1,7 @@
 # The README's commands. Each target creates or reuses .venv, installs a CPU torch when the venv has none
 # (override TORCH_SPEC for your own build, e.g. `make test TORCH_SPEC="torch==2.5.1"`), installs samkit with
-# its dev, ray and docs extras (so the Ray executor's and the docs site's tests run), then runs.
+# its dev, ray, docs, lightning and hf extras (so the tests of the Ray executor, the docs site and the
+# integrations run), then runs.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -16,7 +17,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,ray,docs]"
+	$(PY) -m pip install --quiet -e ".[dev,ray,docs,lightning,hf]"
 	@touch $(STAMP)
 
 install: $(STAMP)

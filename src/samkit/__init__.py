@@ -5,7 +5,15 @@ Implements the system of *The Crucial Role of Normalization in Sharpness-Aware M
 """
 
 from samkit.core import global_norm, perturbation, perturbation_scale
-from samkit.optim import GSAM, SAM, USAM, NonFiniteGradientError, ProportionalRho, asam_param_groups
+from samkit.optim import (
+    GSAM,
+    SAM,
+    USAM,
+    NonFiniteGradientError,
+    ProportionalRho,
+    asam_param_groups,
+    sam_on_param_groups,
+)
 
 __version__ = "0.1.0"
 
@@ -16,6 +24,7 @@ __all__ = [
     "NonFiniteGradientError",
     "ProportionalRho",
     "asam_param_groups",
+    "sam_on_param_groups",
     "global_norm",
     "perturbation",
     "perturbation_scale",

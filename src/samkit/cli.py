@@ -9,6 +9,7 @@ Commands::
     samkit report [DIR]                                 redraw figures and rewrite the report from saved data
     samkit train [--dataset D --model M --optimizer O --rho R ...]   train one model (see samkit.train)
                  O: sgd | sam | usam | unified (--lam) | asam | gsam (--gsam-alpha)
+                 [--sam-start S (late SAM)] [--sam-on norm (SAM-ON)] [--precision bf16]
     samkit sweep --optimizer sam,usam --rho 0.01,0.1 --seed 0,1 [any train flag] --out DIR [--jobs N]
 
 Results are cached per work unit (a hash of its parameters and code), so a rerun skips finished work and an
@@ -38,7 +39,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from samkit.models import MODELS
 from samkit.report import collect, rejudge, write_report
 from samkit.sweep import SweepRun, claim_sweep_folder, expand_grid, run_name, run_sweep
 from samkit.train import TrainConfig, train
-from samkit.train.config import DEVICES, GSAM_ALPHA, OPTIMIZERS, PERTURBATIONS, SCHEDULES
+from samkit.train.config import DEVICES, GSAM_ALPHA, OPTIMIZERS, PERTURBATIONS, PRECISIONS, SAM_ON, SCHEDULES
 from samkit.train.records import Records
 
 __all__ = ["main", "build_parser", "train_config"]
@@ -297,6 +298,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, grid: bool = False) -> N
     a("--rho", type=float, default=d.rho, help="perturbation radius ρ (ASAM's ρ is usually 10x SAM's)")
     a("--lam", type=float, default=None, help="λ in [0, 1] for --optimizer unified")
     a("--gsam-alpha", type=float, default=None, help=f"GSAM's α >= 0 for --optimizer gsam (default {GSAM_ALPHA})")
+    _add_variant_arguments(a)
     a("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
     a("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
     a("--weight-decay", type=float, default=d.weight_decay, help="default: %(default)s")
@@ -339,6 +341,32 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, grid: bool = False) -> N
     a("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs the tensorboard package)")
     a("--no-progress", action="store_true", help="hide the progress bars")
     a("--quiet", action="store_true", help="no per-epoch lines on stdout")
+
+
+def _add_variant_arguments(a: Callable[..., None]) -> None:
+    """The flags of late SAM, SAM-ON and bf16 autocast (``a``: :func:`_add_train_arguments`'s ``add_argument``)."""
+    a(
+        "--sam-start",
+        type=float,
+        default=None,
+        metavar="S",
+        help="late SAM (Zhou et al. 2025): plain SGD steps first, SAM after; S in (0, 1) is a fraction of the run's "
+        "steps (0.5: SAM from half-way), a whole S >= 1 a number of steps (default: SAM from the first step)",
+    )
+    a(
+        "--sam-on",
+        choices=SAM_ON,
+        default=None,
+        help="which parameters SAM perturbs: all (default), or norm: SAM-ON (Mueller et al. 2023), only the "
+        "normalization layers' weights and biases, with the norm over those alone; sam, usam and unified only",
+    )
+    a(
+        "--precision",
+        choices=PRECISIONS,
+        default=TrainConfig().precision,
+        help="fp32, or bf16: bfloat16 autocast around the forward passes (float32 weights, gradients and norms; no "
+        "scaler; evaluation in fp32) (default: %(default)s)",
+    )
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

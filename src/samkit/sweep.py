@@ -1,9 +1,9 @@
 """``samkit sweep``: a grid of ``samkit train`` runs as work units, then one table and one figure to choose ρ.
 
 Each grid point is one training run in its own folder ``OUT/runs/NAME`` (``NAME`` spells the flags that vary, e.g.
-``optimizer=sam,rho=0.1,seed=0``; every value exactly, so two values never share a folder). A setting only one
-optimizer takes (``lam``: unified, ``gsam_alpha``: gsam) applies to the runs of that optimizer; the sweep refuses it
-only when no run uses it. Runs go through the same executors as ``samkit reproduce`` (this process, a local
+``optimizer=sam,rho=0.1,seed=0``; every value exactly, so two values never share a folder). A setting only some
+optimizers take (``lam``: unified, ``gsam_alpha``: gsam, ``sam_start``: the SAM variants, ``sam_on``: sam, usam,
+unified) applies to the runs of those optimizers; the sweep refuses it only when no run uses it. Runs go through the same executors as ``samkit reproduce`` (this process, a local
 process pool, a Ray cluster); a run folder is written only by the run that owns it, and a rerun of the sweep resumes
 every unfinished run from its last checkpoint and skips the finished ones. Once every run is in, the driver writes
 
@@ -37,8 +37,9 @@ from samkit._io import MARKER, atomic_write_text, claim_folder, csv_text, file_h
 from samkit._progress import Progress, slots
 from samkit.experiments.executors import Executor, InlineExecutor, Task, unit_threads
 from samkit.experiments.runner import safe_name
+from samkit.optim import registry
 from samkit.train import TrainConfig, TrainError, train
-from samkit.train.config import ONLY_FOR
+from samkit.train.config import OPTIONS
 from samkit.train.records import is_run_entry
 
 __all__ = ["expand_grid", "run_name", "run_sweep", "SweepRun", "plot_sweep", "claim_sweep_folder"]
@@ -103,24 +104,26 @@ class SweepRun:
 
 
 def _only_where_used(runs: Sequence[SweepRun]) -> list[SweepRun]:
-    """The runs with each setting only one optimizer takes (:data:`~samkit.train.config.ONLY_FOR`: ``lam``,
-    ``gsam_alpha``) dropped from the runs of the other optimizers, when some run of the sweep takes it; a run that
-    then repeats an earlier one (a swept ``lam`` on a ``sam`` run) is left out. When no run takes the setting it is
-    kept, and the config's check refuses it as for a single run."""
+    """The runs with each setting only some optimizers take (:data:`~samkit.train.config.OPTIONS`: ``lam``,
+    ``gsam_alpha``, ``sam_start``, ``sam_on``) dropped from the runs of the other optimizers, when some run of the
+    sweep takes it; a run that then repeats an earlier one (a swept ``lam`` on a ``sam`` run) is left out. When no run
+    takes the setting it is kept, and the config's check refuses it as for a single run."""
     optimizers = {r.config.optimizer for r in runs}
-    for key, owner in ONLY_FOR.items():
-        if len(optimizers) > 1 and owner not in optimizers and any(getattr(r.config, key) is not None for r in runs):
-            flag = "--" + key.replace("_", "-")
+    owners = {key: set(registry.takers(key)) for key in OPTIONS}
+    for key, takers in owners.items():
+        if len(optimizers) > 1 and not takers & optimizers and any(getattr(r.config, key) is not None for r in runs):
+            flag, names = "--" + key.replace("_", "-"), " or ".join(registry.takers(key))
+            add = names if len(takers) == 1 else f"one of {', '.join(registry.takers(key))}"
             raise TrainError(
-                f"{flag} is only used with --optimizer {owner}, and no run of the sweep uses it "
-                f"(--optimizer {','.join(sorted(optimizers))}): add {owner} to --optimizer or leave {flag} out"
+                f"{flag} is only used with --optimizer {names}, and no run of the sweep uses it "
+                f"(--optimizer {','.join(sorted(optimizers))}): add {add} to --optimizer or leave {flag} out"
             )
     kept: list[SweepRun] = []
     seen: dict[str, TrainConfig] = {}
     for r in runs:
         cfg, point, renamed = r.config, dict(r.point), False
-        for key, owner in ONLY_FOR.items():
-            if getattr(cfg, key) is not None and cfg.optimizer != owner and owner in optimizers:
+        for key, takers in owners.items():
+            if getattr(cfg, key) is not None and cfg.optimizer not in takers and takers & optimizers:
                 unset: dict[str, Any] = {key: None}
                 cfg = dataclasses.replace(cfg, **unset)
                 renamed |= point.pop(key, None) is not None
@@ -214,9 +217,9 @@ def run_sweep(
     """Run every :class:`SweepRun` (each into ``OUT/runs/NAME``), then write ``sweep.csv`` and ``sweep.png``.
 
     Returns the rows of ``sweep.csv``. A run that raised gets status ``failed`` (its error is printed); the others
-    still finish. Every config is validated, and every folder claimed, before the first run starts. ``lam`` and
-    ``gsam_alpha`` apply only to the runs of the optimizer that takes them (a run they would only rename is left
-    out), and are refused only when no run takes them. ``gpus_per_run`` is each run's GPU request
+    still finish. Every config is validated, and every folder claimed, before the first run starts. ``lam``,
+    ``gsam_alpha``, ``sam_start`` and ``sam_on`` apply only to the runs of the optimizers that take them (a run they
+    would only rename is left out), and are refused only when no run takes them. ``gpus_per_run`` is each run's GPU request
     on executors that schedule GPUs (Ray); a run picks the device it is given (``device="auto"``).
     """
     out = Path(out)

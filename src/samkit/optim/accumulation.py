@@ -2,7 +2,9 @@
 
 A batch given as micro-batches, in one of two modes: ``"full"`` (ε from the gradient accumulated over every
 micro-batch; SAM on the full batch) or ``"m-sharpness"`` (one ε per micro-batch, Foret et al.'s m-sharpness). The
-optimizer's two steps do the work; this module runs the passes and weighs the micro-batches.
+optimizer's two steps do the work; this module runs the passes and weighs the micro-batches. A call that late or
+interval SAM (``start``, ``interval``: :mod:`samkit.optim.schedule`) gives to the base optimizer takes its step with
+the gradient accumulated over the micro-batches at ``w`` (one pass each).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from samkit._checks import batch_size
+from samkit.optim.schedule import sam_due
 
 if TYPE_CHECKING:
     from samkit.optim.sam import SAM
@@ -50,6 +53,8 @@ def step_accumulated(
     opt.zero_grad()
     opt._calls += 1
     accumulate = _full if mode == "full" else _m_sharpness
+    if not sam_due(opt._calls, opt.start, opt.interval):
+        accumulate = _base
     return accumulate(opt, functools.partial(_backward, loss_fn), batches, ws)
 
 
@@ -62,6 +67,13 @@ def _full(opt: SAM, backward: Backward, batches: list[Any], ws: list[float]) -> 
     if not opt._skipping:
         opt._second_pass(lambda: [backward(b, w) for b, w in zip(batches, ws)])
     opt.second_step()
+    return loss  # type: ignore[return-value]
+
+
+def _base(opt: SAM, backward: Backward, batches: list[Any], ws: list[float]) -> Tensor:
+    """Late or interval SAM's base step: the gradient accumulated over all micro-batches at ``w``, one pass each."""
+    loss = sum(w * backward(b, w) for b, w in zip(batches, ws))
+    opt._step_unperturbed()
     return loss  # type: ignore[return-value]
 
 

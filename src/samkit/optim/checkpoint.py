@@ -1,8 +1,10 @@
 """Checkpoints of :class:`samkit.SAM`: what ``state_dict()`` adds to the base optimizer's, and the checks on load.
 
-A saved state is the base optimizer's ``state_dict()`` plus a ``"samkit"`` entry: the state version, the step
-counters and the perturbation rule (``normalization``, ``lam``, ``eps``). On load, a state saved with another rule
-is refused before anything changes, and a state the base optimizer cannot take leaves the optimizer as it was.
+A saved state is the base optimizer's ``state_dict()`` plus a ``"samkit"`` entry: the state version, the counters
+(steps taken, steps skipped, and the calls of ``step()`` that late and interval SAM count, so a resumed run takes its
+SAM steps where the uninterrupted one would) and the perturbation rule (``normalization``, ``lam``, ``eps``). On
+load, a state saved with another rule is refused before anything changes, and a state the base optimizer cannot take
+leaves the optimizer as it was.
 
 >>> import torch, samkit
 >>> p = [torch.nn.Parameter(torch.ones(2))]
@@ -43,6 +45,7 @@ def save(opt: SAM) -> dict[str, Any]:
         "version": STATE_VERSION,
         "steps": opt.steps,
         "skipped_steps": opt.skipped_steps,
+        "calls": opt._calls,
         "normalization": opt.normalization,
         "lam": opt.lam,
         "eps": opt.eps,
@@ -77,11 +80,12 @@ def load(opt: SAM, state_dict: Any) -> None:
         for key in opt.GROUP_KEYS:
             group.setdefault(key, opt.defaults[key])
     if counters is not None:
-        opt.steps, opt.skipped_steps = counters
+        opt.steps, opt.skipped_steps, opt._calls = counters
 
 
-def _check_saved_rule(opt: SAM, extra: Any) -> tuple[int, int]:
-    """Check samkit's entry of a saved state against the optimizer's rule; return the saved step counters."""
+def _check_saved_rule(opt: SAM, extra: Any) -> tuple[int, int, int]:
+    """Check samkit's entry of a saved state against the optimizer's rule; return the saved counters: steps, skipped
+    steps and calls (a state saved before the calls were counted: every step came from one call)."""
     if not isinstance(extra, Mapping) or not isinstance(extra.get("normalization", "l2"), str):
         raise ValueError(f"the state's 'samkit' entry is not one written by SAM.state_dict(): {extra!r}")
     version = extra.get("version", STATE_VERSION)
@@ -101,7 +105,8 @@ def _check_saved_rule(opt: SAM, extra: Any) -> tuple[int, int]:
         # the caller of load_state_dict: SAM.load_state_dict -> load -> here -> warn
         warnings.warn(f"loading a state saved with eps={eps!r} into an optimizer with eps={opt.eps!r}", stacklevel=4)
     try:
-        return int(extra.get("steps", 0)), int(extra.get("skipped_steps", 0))
+        steps, skipped = int(extra.get("steps", 0)), int(extra.get("skipped_steps", 0))
+        return steps, skipped, int(extra.get("calls", steps + skipped))
     except (TypeError, ValueError):
         raise ValueError(f"the state's step counters are not integers: {extra!r}") from None
 

@@ -1,8 +1,9 @@
 """The fused SAM step (``SAM(..., fused=True)``): flat buffers per (device, dtype) instead of lists of tensors.
 
-On its first step, a fused optimizer moves the parameters that have gradients into one flat buffer per device and
-dtype (each parameter becomes a view of it, ``p.data = flat[a:b].view_as(p)``, as FSDP's flat parameters do; the
-values are copied, the ``Parameter`` objects stay the same). Then every step is, per device and dtype:
+On its first step, a fused optimizer moves the perturbed parameters that have gradients (a ``perturb=False`` group,
+as in SAM-ON, stays as it is) into one flat buffer per device and dtype (each parameter becomes a view of it,
+``p.data = flat[a:b].view_as(p)``, as FSDP's flat parameters do; the values are copied, the ``Parameter`` objects
+stay the same). Then every step is, per device and dtype:
 
 * first step: one copy gathering the gradients into a flat gradient buffer, one norm of it (which is also the
   finite check), one flat copy for the backup and one flat ``add_`` per parameter group for the perturbation;

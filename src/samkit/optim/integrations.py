@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from samkit._compat import BATCHNORM_TYPES
+from samkit.optim import sharded
 
 __all__ = ["batchnorm_statistics", "first_pass_context", "all_reduce_mean"]
 
@@ -53,7 +54,8 @@ def first_pass_context(model: torch.nn.Module | None, perturbation: str) -> Any:
 
 
 def all_reduce_mean(model: torch.nn.Module | None, grads: Sequence[Tensor]) -> None:
-    """Average ``grads`` over the ranks in place, unless DDP did (``model`` is DDP-wrapped) or there is one rank."""
+    """Average ``grads`` over the ranks in place, unless DDP did (``model`` is DDP-wrapped) or there is one rank;
+    ``DTensor`` gradients (FSDP2) are left alone: FSDP2's reduce-scatter already averaged them."""
     import torch.distributed as dist
 
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
@@ -61,5 +63,7 @@ def all_reduce_mean(model: torch.nn.Module | None, grads: Sequence[Tensor]) -> N
         return
     world = dist.get_world_size()
     for grad in grads:
+        if sharded.is_dtensor(grad):  # FSDP2 reduce-scattered it: already the mean (samkit.optim.sharded)
+            continue
         dist.all_reduce(grad)
         grad.div_(world)

@@ -8,14 +8,19 @@ registry, so a new variant is its class and one :func:`register` call::
 
 A builder gets a :class:`Build` (the model and the run's hyperparameters) and returns the optimizer; ``b.sam``
 builds a :class:`~samkit.SAM` (or a subclass) around SGD with the run's ``rho``, learning rate, momentum, weight
-decay, ``model=`` and ``perturbation``. An option a variant takes (``takes``) is a field of
-:class:`~samkit.train.TrainConfig` that is ``None`` unless given (``lam``, ``gsam_alpha``); ``needs`` must be given,
-``defaults`` fill in the others. A config that gives an option its optimizer does not take is refused.
+decay, ``model=`` and ``perturbation``, and with the two options every SAM built that way understands when its entry
+takes them: ``sam_start`` (late SAM: a number of steps, or a fraction in (0, 1) of ``Build.total_steps``) and
+``sam_on`` (``"norm"``: SAM-ON, only the normalization layers perturbed, :func:`~samkit.sam_on_param_groups`; ``"all"``:
+every parameter). An option a variant takes (``takes``) is a field of :class:`~samkit.train.TrainConfig` that is
+``None`` unless given (``lam``, ``gsam_alpha``, ``sam_start``, ``sam_on``); ``needs`` must be given, ``defaults``
+fill in the others. A config that gives an option its optimizer does not take is refused.
 
 >>> sorted(names())
 ['asam', 'gsam', 'sam', 'sgd', 'unified', 'usam']
 >>> get("unified").needs, get("gsam").defaults
 (('lam',), {'gsam_alpha': 0.1})
+>>> takers("sam_on"), takers("sam_start")
+(('sam', 'usam', 'unified'), ('sam', 'usam', 'unified', 'asam', 'gsam'))
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from samkit.optim.groups import asam_param_groups
+from samkit.optim.groups import asam_param_groups, sam_on_param_groups
 from samkit.optim.gsam import DEFAULT_ALPHA, GSAM
 from samkit.optim.sam import SAM
+from samkit.optim.schedule import resolve_start
 
 __all__ = ["Build", "Entry", "register", "unregister", "get", "names", "takers"]
 
@@ -50,6 +56,8 @@ class Build:
     net: nn.Module | None = None
     #: the options the entry takes, given or defaulted (e.g. ``{"lam": 0.5}``)
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: the run's number of optimizer steps (what a ``sam_start`` fraction is a fraction of); None: unknown
+    total_steps: int | None = None
 
     def sgd_kwargs(self) -> dict[str, Any]:
         """The base SGD's options: ``lr``, ``momentum``, ``weight_decay``."""
@@ -57,7 +65,17 @@ class Build:
 
     def sam(self, cls: type[SAM] = SAM, params: Iterable[Any] | None = None, **kwargs: Any) -> SAM:
         """``cls(params, torch.optim.SGD, ...)`` with this run's ρ, ``model=``, ``perturbation`` and SGD options;
-        ``params`` defaults to the model's parameters, ``kwargs`` go to ``cls`` (``normalization=``, ...)."""
+        ``params`` defaults to the model's parameters, ``kwargs`` go to ``cls`` (``normalization=``, ...).
+
+        The options ``sam_start`` (``start=``, a fraction resolved against :attr:`total_steps`) and ``sam_on``
+        (``"norm"``: the groups of :func:`~samkit.sam_on_param_groups`), when given, are applied here."""
+        start = resolve_start(self.options.get("sam_start"), self.total_steps)
+        if start:
+            kwargs.setdefault("start", start)
+        if self.options.get("sam_on") == "norm":
+            if params is not None:
+                raise ValueError(f"sam_on='norm' builds its own parameter groups; {cls.__name__} was given params")
+            params = sam_on_param_groups(self.model)
         params = self.model.parameters() if params is None else params
         net = self.model if self.net is None else self.net
         common: dict[str, Any] = dict(rho=self.rho, model=net, perturbation=self.perturbation, **self.sgd_kwargs())
@@ -143,24 +161,34 @@ def _sgd(b: Build) -> torch.optim.Optimizer:
 
 
 register("sgd", _sgd, doc="plain SGD with momentum (no perturbation)")
-register("sam", lambda b: b.sam(SAM, normalization="l2"), doc="SAM (Foret et al. 2021): ε = ρ g / ‖g‖")
-register("usam", lambda b: b.sam(SAM, normalization="none"), doc="USAM (Andriushchenko & Flammarion 2022): ε = ρ g")
+# the options of Build.sam: late SAM for every SAM entry; SAM-ON for the entries whose perturbation is the plain rule
+# on every parameter (ASAM's norm layers are in its non-adaptive group anyway, and GSAM's correction on a subset is
+# untested: both refuse --sam-on)
+_LATE, _ON = ("sam_start",), ("sam_start", "sam_on")
+register("sam", lambda b: b.sam(SAM, normalization="l2"), takes=_ON, doc="SAM (Foret et al. 2021): ε = ρ g / ‖g‖")
+register(
+    "usam",
+    lambda b: b.sam(SAM, normalization="none"),
+    takes=_ON,
+    doc="USAM (Andriushchenko & Flammarion 2022): ε = ρ g",
+)
 register(
     "unified",
     lambda b: b.sam(SAM, normalization="unified", lam=b.options["lam"]),
-    takes=("lam",),
+    takes=("lam", *_ON),
     needs=("lam",),
     doc="unified SAM (Oikonomou & Loizou 2025): ε = ρ ((1 − λ) g + λ g / ‖g‖)",
 )
 register(
     "asam",
     lambda b: b.sam(SAM, params=asam_param_groups(b.model), normalization="l2", adaptive=True),
+    takes=_LATE,
     doc="ASAM (Kwon et al. 2021), biases and normalization layers not rescaled",
 )
 register(
     "gsam",
     lambda b: b.sam(GSAM, alpha=b.options["gsam_alpha"], normalization="l2"),
-    takes=("gsam_alpha",),
+    takes=("gsam_alpha", *_LATE),
     defaults={"gsam_alpha": DEFAULT_ALPHA},
     doc="GSAM (Zhuang et al. 2022): descent along g_p − α g_⊥",
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,10 +20,12 @@ from torch.optim import Optimizer
 from samkit._checks import integer, number
 from samkit._compat import mark_stepped
 from samkit.core import adaptive_scale, check_rho, resolve_lam
-from samkit.optim import accumulation, checkpoint, integrations
+from samkit.optim import accumulation, checkpoint, integrations, sharded
 from samkit.optim.fused import fused_step
-from samkit.optim.groups import SAMGroup, check_built_base, check_group
+from samkit.optim.groups import SAMGroup, check_built_base, check_group, check_some_perturbed
 from samkit.optim.ops import ListCache, backup_and_perturb, list_ops
+from samkit.optim.schedule import check_start, sam_due
+from samkit.optim.steps import StepState as _Step
 
 __all__ = ["SAM", "SAMGroup", "NonFiniteGradientError"]
 
@@ -33,18 +34,6 @@ _is_none = functools.partial(operator.is_, None)
 
 class NonFiniteGradientError(RuntimeError):
     """Raised when a gradient holds inf or NaN and ``on_nonfinite="raise"`` (the default)."""
-
-
-@dataclass
-class _Step:
-    """The per-step state: what first_step did, for second_step (``SAM._step``; the last one: ``SAM._last``)."""
-
-    changed: list[Tensor] = field(default_factory=list)  # tensors perturbed in place (parameters, BN statistics)
-    saved: list[Tensor] = field(default_factory=list)  # their values before
-    skip: bool = False  # a non-finite gradient with on_nonfinite="skip", or a GradScaler overflow
-    scaler_recorded: bool = False  # the GradScaler already recorded the overflow of the first pass
-    grad_norm: Tensor | None = None  # ‖g‖ and ‖ε‖ (None: no norm, or no perturbation)
-    perturbation_norm: Tensor | None = None
 
 
 class SAM(Optimizer):
@@ -60,14 +49,17 @@ class SAM(Optimizer):
       ``T g`` in the norm and ``ε = c · T² g`` (official ASAM formula, η = 0.01). ``adaptive`` and ``adaptive_eta``
       are per parameter group, so biases and normalization weights can be excluded (:func:`asam_param_groups`).
 
-    ``‖g‖`` is the global norm over every parameter with a gradient, across all groups, computed scale-safely in at
-    least float32. ``rho`` may differ per group (``group["rho"]``, mutable, so it can be scheduled); the norm stays
-    global. A zero gradient gives no perturbation.
+    ``‖g‖`` is the global norm over every perturbed parameter with a gradient, across all groups, computed
+    scale-safely in at least float32 (bfloat16 and float16 gradients too). ``rho`` may differ per group
+    (``group["rho"]``, mutable, so it can be scheduled); the norm stays global. A group with ``perturb=False`` is
+    neither perturbed nor counted in ``‖g‖`` (SAM on a subset, e.g. SAM-ON: :func:`sam_on_param_groups`), unlike
+    ``rho=0``, which keeps the group in the norm; it still takes the base step with its gradient at the perturbed
+    point. A zero gradient gives no perturbation.
 
     Args:
-        params: iterable of parameters or parameter-group dicts (groups may set ``rho``, ``adaptive``, ``adaptive_eta``
-            and any base-optimizer option). With an already built ``base_optimizer``, ``params`` may be ``None`` or
-            must hold exactly that optimizer's parameters.
+        params: iterable of parameters or parameter-group dicts (groups may set ``rho``, ``adaptive``, ``adaptive_eta``,
+            ``perturb`` and any base-optimizer option). With an already built ``base_optimizer``, ``params`` may be
+            ``None`` or must hold exactly that optimizer's parameters.
         base_optimizer: an optimizer class (built as ``base_optimizer(param_groups, **base_kwargs)``) or an
             optimizer instance. Its ``param_groups`` are shared with this object.
         rho: neighbourhood size ρ ≥ 0. ``rho=0`` reproduces the base optimizer bit for bit.
@@ -90,8 +82,11 @@ class SAM(Optimizer):
         perturbation: ``"local"`` (default; each replica perturbs with its own gradient, Foret et al.'s m-sharpness
             with m = the per-replica batch) or ``"global"`` (the first-pass gradient is averaged over replicas
             before the norm: by DDP's own all-reduce, or by an explicit one in an initialized process group).
-        interval: take the SAM step every ``interval``-th call of :meth:`step` and the plain base step otherwise
-            ("interval SAM", MosaicML Composer's SAM method card). 1 means always SAM.
+        interval: take the SAM step every ``interval``-th call of :meth:`step` / :meth:`step_accumulated` and the
+            plain base step otherwise ("interval SAM", MosaicML Composer's SAM method card). 1 means always SAM.
+        start: late SAM (Zhou et al., ICLR 2025): the first ``start`` calls take the base step alone, SAM after
+            (then every ``interval``-th call, the first one after ``start`` included: :mod:`samkit.optim.schedule`).
+            The count of calls is in :meth:`state_dict`, so a resumed run switches at the same step.
         **base_kwargs: passed to ``base_optimizer`` when it is a class (``lr``, ``momentum``, ...).
 
     Example:
@@ -117,7 +112,7 @@ class SAM(Optimizer):
     """
 
     #: the options SAM adds to every parameter group
-    GROUP_KEYS = ("rho", "adaptive", "adaptive_eta")
+    GROUP_KEYS = ("rho", "adaptive", "adaptive_eta", "perturb")
 
     def __init__(
         self,
@@ -136,12 +131,13 @@ class SAM(Optimizer):
         model: torch.nn.Module | None = None,
         perturbation: str = "local",
         interval: int = 1,
+        start: int = 0,
         **base_kwargs: Any,
     ) -> None:
         rho = check_rho(rho)
         if perturbation not in ("local", "global"):
             raise ValueError(f"perturbation must be 'local' or 'global', got {perturbation!r}")
-        self.interval = integer(interval, "interval", minimum=1)
+        self.interval, self.start = integer(interval, "interval", minimum=1), check_start(start)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
         self.model = model
@@ -156,7 +152,7 @@ class SAM(Optimizer):
         self.foreach = bool(foreach)
         self.ops = list_ops(self.foreach)  #: the list operations (:mod:`samkit.optim.ops`), chosen once
         self._fused = fused_step(fused, self.foreach)  # the fused step (fused=True), or None
-        defaults = dict(rho=rho, adaptive=bool(adaptive), adaptive_eta=adaptive_eta)
+        defaults = dict(rho=rho, adaptive=bool(adaptive), adaptive_eta=adaptive_eta, perturb=True)
 
         if isinstance(base_optimizer, Optimizer):
             check_built_base(params, base_optimizer, base_kwargs)
@@ -179,6 +175,8 @@ class SAM(Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
         for group in self.param_groups:
             check_group(group)
+        check_some_perturbed(self.param_groups)
+        self.ops = sharded.sharded_ops(self.ops, self.param_groups, perturbation, self._fused is not None)  # FSDP2
         self.steps = self.skipped_steps = 0  #: steps taken, and skipped (non-finite gradients, scaler overflows)
         self._calls = 0  # calls of step() and step_accumulated() (interval SAM counts them)
         self._step: _Step | None = None  # the step between first_step and second_step
@@ -208,9 +206,11 @@ class SAM(Optimizer):
         return [p for g in groups for p in g["params"] if p.grad is not None]
 
     def _collect(self) -> list[SAMGroup]:
-        """The groups that have gradients, with their ρ (checked: it may be scheduled) and ASAM scales."""
+        """The perturbed groups that have gradients, with their ρ (checked: it may be scheduled) and ASAM scales."""
         groups = []
         for group in self.param_groups:
+            if not group["perturb"]:
+                continue
             params = group["params"]
             grads = [p.grad for p in params]
             if any(map(_is_none, grads)):  # (the usual case, every parameter has a gradient, builds no new list)
@@ -316,7 +316,7 @@ class SAM(Optimizer):
             )
         closure = torch.enable_grad()(closure)
         self._calls += 1
-        if self.interval > 1 and (self._calls - 1) % self.interval != 0:  # interval SAM: the base step alone
+        if not sam_due(self._calls, self.start, self.interval):  # late or interval SAM: the base step alone
             loss = closure()
             self._step_unperturbed(scaler)
             return loss

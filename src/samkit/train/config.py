@@ -22,8 +22,8 @@ import torch
 
 from samkit._checks import integer, number
 from samkit.data import DATASETS
-from samkit.models import MODELS
-from samkit.optim import registry
+from samkit.models import MODELS, build_model
+from samkit.optim import registry, sam_on_param_groups
 from samkit.optim.gsam import DEFAULT_ALPHA
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "PERTURBATIONS",
+    "PRECISIONS",
+    "SAM_ON",
     "DEVICES",
     "RESUMABLE_KEYS",
     "GSAM_ALPHA",
@@ -64,14 +66,33 @@ class _Registered(Sequence[str]):
 OPTIMIZERS: Sequence[str] = _Registered()
 #: GSAM's α when ``--gsam-alpha`` is not given (Zhuang et al. 2022 use values in [0.01, 0.3])
 GSAM_ALPHA = DEFAULT_ALPHA
-#: The settings only some optimizers take (``None`` unless given): what each is, and its bounds. Which optimizer
-#: takes which is the registry's ``takes`` / ``needs``.
+
+
+def _check_sam_start(value: Any, flag: str, what: str) -> None:
+    """``--sam-start``: 0 (SAM from the first step), a fraction in (0, 1) of the steps, or a whole number of steps."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+    if not (ok and (value < 1 or float(value).is_integer())):
+        raise ValueError(
+            f"{flag} must be {what} (0.5: SAM from half-way; 1000: SAM after 1000 base steps), got {value!r}"
+        )
+
+
+#: ``--sam-on``: ``all`` (every parameter perturbed, the default) or ``norm`` (SAM-ON: only the normalization layers'
+#: affine parameters, :func:`samkit.sam_on_param_groups`)
+SAM_ON = ("all", "norm")
+#: The settings only some optimizers take (``None`` unless given): what each is, and its bounds (for a number: the
+#: keyword arguments of :func:`samkit._checks.number`; ``choices``: the allowed strings; ``check``: a function that
+#: raises ValueError). Which optimizer takes which is the registry's ``takes`` / ``needs``.
 OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "lam": ("a number in [0, 1]", {"maximum": 1.0}),
     "gsam_alpha": ("a number >= 0", {}),
+    "sam_start": ("a fraction in (0, 1) of the steps or a whole number of steps", {"check": _check_sam_start}),
+    "sam_on": (f"one of {', '.join(SAM_ON)}", {"choices": SAM_ON}),
 }
 SCHEDULES = ("cosine", "constant", "decay")
 PERTURBATIONS = ("local", "global")
+#: ``--precision``: ``fp32``, or ``bf16`` (bfloat16 autocast around the forward passes, float32 weights, no scaler)
+PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 #: Config keys that may change between a run and its ``--resume`` (they do not change the numbers).
 RESUMABLE_KEYS = ("out", "progress", "data_dir", "tensorboard", "quiet", "device", "verify_data")
@@ -144,6 +165,9 @@ class TrainConfig:
     sharpness_batch_size: int = 256
     sharpness_iters: int = 20
     perturbation: str = "local"
+    precision: str = "fp32"
+    sam_start: float | None = None
+    sam_on: str | None = None
     eval_batch_size: int = 1000
     threads: int = 0
     progress: bool = True
@@ -169,6 +193,7 @@ class TrainConfig:
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
             ("perturbation", PERTURBATIONS),
+            ("precision", PRECISIONS),
             ("device", DEVICES),
         ):
             if getattr(self, key) not in allowed:
@@ -221,8 +246,28 @@ class TrainConfig:
             elif key not in entry.takes:
                 users = " or ".join(registry.takers(key)) or "none of the registered optimizers"
                 raise ValueError(f"{flag} is only used with --optimizer {users} (got --optimizer {self.optimizer})")
+            elif "choices" in bounds:
+                if value not in bounds["choices"]:
+                    raise ValueError(f"{flag} must be {what}, got {value!r}")
+            elif "check" in bounds:
+                bounds["check"](value, flag, what)
             else:
                 number(value, flag, **bounds)
+        if self.sam_on == "norm":
+            self._check_sam_on()
+
+    def _check_sam_on(self) -> None:
+        """``--sam-on norm`` needs a model with normalization layers (built on the meta device: no memory, no RNG)."""
+        c, side = (self.channels, self.image_size) if self.dataset == "synthetic" else _SHAPES[self.dataset][:2]
+        with torch.device("meta"):
+            model = build_model(self.model, in_channels=c, image_size=side)
+        try:
+            sam_on_param_groups(model)
+        except ValueError:
+            raise ValueError(
+                f"--sam-on norm perturbs only the normalization layers, and --model {self.model} has none "
+                "(use --model resnet20, or leave --sam-on out)"
+            ) from None
 
     def _check_memory(self) -> None:
         """Refuse a run whose data, one batch and the model's first layer cannot fit in this machine's memory.

@@ -7,6 +7,7 @@ and the rows so far, so a resumed run is bit-identical to an uninterrupted one o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -24,6 +25,7 @@ from samkit.core import global_norm
 from samkit.data import ArrayDataset, DataError, Loader, load_dataset
 from samkit.models import build_model
 from samkit.optim import SAM, NonFiniteGradientError, registry
+from samkit.optim.schedule import last_call_was_sam, resolve_start
 from samkit.sharpness import top_eigenvalues
 from samkit.train.config import TrainConfig, TrainError
 from samkit.train.distributed import Dist
@@ -32,7 +34,9 @@ from samkit.train.records import CHECKPOINT_VERSION, CSV_FIELDS, History, Record
 __all__ = ["train", "build_optimizer", "EpochStats"]
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module | None = None, *, total_steps: int | None = None
+) -> torch.optim.Optimizer:
     """The optimizer of ``cfg``: the builder registered as ``cfg.optimizer`` (:mod:`samkit.optim.registry`).
 
     ``sgd``: plain SGD; ``sam`` / ``usam`` / ``unified``: :class:`samkit.SAM` with normalization ``"l2"`` /
@@ -40,7 +44,9 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module | N
     of :func:`samkit.asam_param_groups` (biases and normalization layers not rescaled); ``gsam``: :class:`samkit.GSAM`
     with α = ``cfg.gsam_alpha`` (default :data:`~samkit.train.config.GSAM_ALPHA`) and a constant ρ; every SAM variant
     around SGD with ``cfg``'s learning rate, momentum and weight decay. ``model`` (the DDP wrapper when given) lets
-    SAM keep the BatchNorm statistics of the first pass and run it under ``no_sync``.
+    SAM keep the BatchNorm statistics of the first pass and run it under ``no_sync``. ``cfg.sam_start`` (late SAM)
+    becomes ``start=``: a fraction of ``total_steps`` (the run's optimizer steps), or a number of steps;
+    ``cfg.sam_on="norm"`` gives SAM-ON's groups (:func:`samkit.sam_on_param_groups`).
 
     >>> opt = build_optimizer(TrainConfig(optimizer="usam", rho=0.1), torch.nn.Linear(2, 2))
     >>> type(opt).__name__, opt.normalization
@@ -50,6 +56,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module | N
     [(1, True), (1, False)]
     >>> build_optimizer(TrainConfig(optimizer="gsam", gsam_alpha=0.2), torch.nn.Linear(2, 2)).alpha
     0.2
+    >>> build_optimizer(TrainConfig(optimizer="sam", sam_start=0.25), torch.nn.Linear(2, 2), total_steps=100).start
+    25
     """
     entry = registry.get(cfg.optimizer)
     build = registry.Build(
@@ -61,6 +69,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module | N
         perturbation=cfg.perturbation,
         net=ddp_model,
         options=entry.options({key: getattr(cfg, key, None) for key in entry.takes}),
+        total_steps=total_steps,
     )
     return entry.build(build)
 
@@ -126,8 +135,9 @@ def _step_sums(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        logits = run.net(x)
-        loss = F.cross_entropy(logits, y)
+        with _autocast(run):
+            logits = run.net(x)
+        loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         if not first_logits:
             first_logits.append(logits.detach())
@@ -137,6 +147,8 @@ def _step_sums(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if isinstance(opt, SAM):
             loss = opt.step(closure)
             gn, en = opt.last_grad_norm, opt.last_perturbation_norm
+            if not last_call_was_sam(opt):  # late SAM's base steps: the gradient at w, and no perturbation
+                gn, en = global_norm([p.grad for p in run.model.parameters() if p.grad is not None]), None
         else:
             loss = closure()
             gn, en = global_norm([p.grad for p in run.model.parameters() if p.grad is not None]), None
@@ -150,6 +162,14 @@ def _step_sums(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         [float(loss.detach()) * n, correct, n, 0.0 if gn is None else float(gn), 0.0 if en is None else float(en), 1.0],
         dtype=torch.float64,
     )
+
+
+def _autocast(run: _Run) -> contextlib.AbstractContextManager[Any]:
+    """``--precision bf16``: bfloat16 autocast around the forward pass (both passes of a SAM step; float32 weights,
+    gradients and norms, no scaler); ``fp32``: nothing."""
+    if run.cfg.precision == "bf16":
+        return torch.autocast(run.dist.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _run_epoch(run: _Run, epoch: int) -> EpochStats:
@@ -242,8 +262,10 @@ def _setup(cfg: TrainConfig, dist: Dist, data: tuple[ArrayDataset, ArrayDataset]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, in_channels=c, image_size=h, num_classes=train_ds.num_classes).to(dist.device)
     net = dist.wrap(model)
-    opt = build_optimizer(cfg, model, net if net is not model else None)
     loader = Loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment, drop_last=False)
+    total_steps = len(loader) * cfg.epochs
+    _check_run_options(cfg, dist, total_steps)
+    opt = build_optimizer(cfg, model, net if net is not model else None, total_steps=total_steps)
     sharp_batches = None
     if cfg.sharpness_every:
         fixed = Loader(train_ds, cfg.sharpness_batch_size, shuffle=True, seed=cfg.seed + 7919, num_replicas=1, rank=0)
@@ -257,8 +279,21 @@ def _setup(cfg: TrainConfig, dist: Dist, data: tuple[ArrayDataset, ArrayDataset]
         loader=loader,
         test_loader=Loader(test_ds, cfg.eval_batch_size, shard_padding=False),
         sharp_batches=sharp_batches,
-        total_steps=len(loader) * cfg.epochs,
+        total_steps=total_steps,
     )
+
+
+def _check_run_options(cfg: TrainConfig, dist: Dist, total_steps: int) -> None:
+    """What the config alone cannot check: late SAM starts before the last step; bf16 is supported on the device."""
+    if cfg.sam_start is not None and cfg.sam_start > 0 and "sam_start" in registry.get(cfg.optimizer).takes:
+        start = resolve_start(cfg.sam_start, total_steps)
+        if start >= total_steps:
+            raise TrainError(
+                f"--sam-start {cfg.sam_start:g} is step {start}, at or past the run's {total_steps} steps "
+                f"({cfg.epochs} epochs): no step would be a SAM step; choose a smaller value, or a fraction in (0, 1)"
+            )
+    if cfg.precision == "bf16" and dist.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainError("--precision bf16: this GPU does not support bfloat16 (use --precision fp32)")
 
 
 def train(
