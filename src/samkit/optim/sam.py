@@ -81,7 +81,7 @@ class SAM(Optimizer):
             backward under ``model.no_sync()`` (:mod:`samkit.optim.integrations`).
         perturbation: ``"local"`` (default; each replica perturbs with its own gradient, Foret et al.'s m-sharpness
             with m = the per-replica batch) or ``"global"`` (the first-pass gradient is averaged over replicas
-            before the norm: by DDP's own all-reduce, or by an explicit one in an initialized process group).
+            before the norm: by DDP, an explicit all-reduce, or FSDP2's reduce-scatter: :mod:`samkit.optim.sharded`).
         interval: take the SAM step every ``interval``-th call of :meth:`step` / :meth:`step_accumulated` and the
             plain base step otherwise ("interval SAM", MosaicML Composer's SAM method card). 1 means always SAM.
         start: late SAM (Zhou et al., ICLR 2025): the first ``start`` calls take the base step alone, SAM after

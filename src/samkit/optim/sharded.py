@@ -40,6 +40,7 @@ optimizer (``get_state_dict``/``set_state_dict``) and samkit's counters and rule
 Without ``torch.distributed`` (or with no ``DTensor`` parameter) nothing here runs: :func:`sharded_ops` returns the
 plain list operations.
 
+>>> from samkit.optim.ops import list_ops
 >>> ops = sharded_ops(list_ops(True), [{"params": [torch.nn.Parameter(torch.ones(2))]}], "local", fused=False)
 >>> type(ops).__name__
 'ForeachOps'
@@ -56,7 +57,7 @@ import torch
 from torch import Tensor
 
 from samkit.core import Perturbation, coefficients, global_norm
-from samkit.optim.ops import Groups, ListOps, list_ops
+from samkit.optim.ops import Groups, ListOps
 
 if TYPE_CHECKING:
     from samkit.optim.sam import SAM
