@@ -46,7 +46,10 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
+# PyHessian is the peer benchmarks/sharpness.py measures against (installed without its dependencies: it would
+# replace torch)
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps pyhessian
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -27,13 +27,13 @@ out = Path(args.out) if args.out else Path(tempfile.mkdtemp()) / "rho"
 
 # 1. the sweep: every combination of the comma lists, one run each in OUT/runs/NAME (resumable), then
 #    OUT/sweep.csv (one row per run) and OUT/sweep.png (test accuracy against ρ and against the mean ‖ε‖)
-cmd = [
-    sys.executable, "-m", "samkit", "sweep",
-    "--optimizer", "sam,usam", "--rho", args.rho, "--seed", args.seeds,
-    "--dataset", "synthetic", "--model", "mlp", "--epochs", args.epochs,
-    "--synthetic-train", "256", "--synthetic-test", "128", "--image-size", "8", "--batch-size", "32",
-    "--jobs", args.jobs, "--no-progress", "--out", str(out),
-]  # fmt: skip
+flags = (
+    f"--optimizer sam,usam --rho {args.rho} --seed {args.seeds} "
+    f"--dataset synthetic --model mlp --epochs {args.epochs} "
+    "--synthetic-train 256 --synthetic-test 128 --image-size 8 --batch-size 32 "
+    f"--jobs {args.jobs} --no-progress"
+)
+cmd = [sys.executable, "-m", "samkit", "sweep", *flags.split(), "--out", str(out)]
 subprocess.run(cmd, check=True)
 
 # 2. the choice: mean test accuracy over seeds per (optimizer, ρ); a diverged run counts as chance, not as missing

@@ -57,8 +57,8 @@ def test_checkpoint_saved_on_rank_zero_resumes_exactly(ddp_results):
 
 def test_ddp_example_trains_and_keeps_the_replicas_identical():
     proc = _torchrun(TESTS.parent / "examples" / "ddp.py", "--steps", "5")
-    found = re.search(r"loss (\S+) -> (\S+) after 5 SAM steps on (\d) ranks; max weight difference between "
-                      r"replicas: (\S+)", proc.stdout)  # fmt: skip
+    pattern = r"loss (\S+) -> (\S+) after 5 SAM steps on (\d) ranks; max weight difference between replicas: (\S+)"
+    found = re.search(pattern, proc.stdout)
     assert found, proc.stdout
     first, last, ranks, spread = (float(v) for v in found.groups())
     assert ranks == 2 and last < first and spread == 0.0
