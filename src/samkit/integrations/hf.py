@@ -156,8 +156,8 @@ def _build_trainer_class() -> type:
             if self.accelerator.sync_gradients:  # the window's gradient is accumulated: the SAM step
                 window, self._sam_window = self._sam_window, []
                 sam.first_step(zero_grad=True)
-                if not sam._skipping:
-                    sam._second_pass(lambda: self._sam_rerun(model, window))
+                if not sam.skipping:
+                    sam.second_pass(lambda: self._sam_rerun(model, window))
             return loss  # type: ignore[no-any-return]
 
         def _sam_rerun(self, model: Any, window: list[tuple[Any, Any]]) -> None:

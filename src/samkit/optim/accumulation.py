@@ -64,8 +64,8 @@ def _full(opt: SAM, backward: Backward, batches: list[Any], ws: list[float]) -> 
     with opt.first_pass():
         loss = sum(w * backward(b, w) for b, w in zip(batches, ws))
     opt.first_step(zero_grad=True)
-    if not opt._skipping:
-        opt._second_pass(lambda: [backward(b, w) for b, w in zip(batches, ws)])
+    if not opt.skipping:
+        opt.second_pass(lambda: [backward(b, w) for b, w in zip(batches, ws)])
     opt.second_step()
     return loss  # type: ignore[return-value]
 
@@ -88,10 +88,10 @@ def _m_sharpness(opt: SAM, backward: Backward, batches: list[Any], ws: list[floa
         with opt.first_pass():
             loss = loss + w * backward(b, 1.0)
         opt.first_step(zero_grad=True)
-        if opt._skipping:  # on_nonfinite="skip": the whole step is skipped
+        if opt.skipping:  # on_nonfinite="skip": the whole step is skipped
             opt.second_step()
             return loss
-        opt._second_pass(functools.partial(backward, b, 1.0))
+        opt.second_pass(functools.partial(backward, b, 1.0))
         opt._restore()
         for i, p in enumerate(params):
             if p.grad is not None:

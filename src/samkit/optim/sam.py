@@ -323,8 +323,8 @@ class SAM(Optimizer):
         with self.first_pass():
             loss = closure()
         self.first_step(zero_grad=True, scaler=scaler)
-        if not self._skipping:
-            self._second_pass(closure)
+        if not self.skipping:
+            self.second_pass(closure)
         self.second_step(scaler=scaler)
         return loss
 
@@ -400,8 +400,8 @@ class SAM(Optimizer):
                 "and no step was taken. Pass on_nonfinite='skip' to skip such steps instead."
             )
 
-    def _second_pass(self, run: Callable[[], Any]) -> None:
-        """Run the passes at ``w + ε``; on any error (KeyboardInterrupt too) the weights are put back first."""
+    def second_pass(self, run: Callable[[], Any]) -> None:
+        """Run ``run()``, the passes at ``w + ε`` (for trainers that drive them); on any error, restore w first."""
         try:
             run()
         except BaseException:
@@ -414,7 +414,7 @@ class SAM(Optimizer):
         self.second_step(scaler=scaler)
 
     @property
-    def _skipping(self) -> bool:  # the step in progress will be skipped
+    def skipping(self) -> bool:  # the step in progress will be skipped (on_nonfinite="skip" saw inf/NaN)
         return self._step is not None and self._step.skip
 
     @property
