@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from samkit import GSAM, SAM, USAM, NonFiniteGradientError, asam_param_groups
+from samkit.optim import ops as samkit_ops
 from samkit.optim.fused import FusedStep
 
 RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
@@ -318,3 +319,146 @@ def test_mixed_dtypes_use_one_flat_buffer_each():
     for (ma0, mb0), (ma1, mb1) in [models]:
         _assert_close(ma0.parameters(), ma1.parameters(), torch.float32)
         _assert_close(mb0.parameters(), mb1.parameters(), torch.float32)
+
+
+# ---------------------------------------------------------------- .grad as views of the flat gradient buffer
+def _gather_counter(monkeypatch, opts):
+    """Count the gathers of ``opts``' fused layouts (the copies into their gradient views) and the non-finite checks
+    that took a flat gradient buffer."""
+    counts = {"gather": 0, "flat_check": 0}
+    copy_, check = torch._foreach_copy_, samkit_ops.non_finite_check_and_unscale_
+
+    def spy_copy(dst, src, *args, **kw):
+        counts["gather"] += any(o._fused.layout is not None and dst is o._fused.layout.grad_views[0] for o in opts)
+        return copy_(dst, src, *args, **kw)
+
+    def spy_check(tensors, *args, **kw):
+        flats = [f for o in opts if o._fused.layout is not None for f in o._fused.layout.flat_grads]
+        counts["flat_check"] += len(tensors) == 1 and any(tensors[0] is f for f in flats)
+        return check(tensors, *args, **kw)
+
+    monkeypatch.setattr(torch, "_foreach_copy_", spy_copy)
+    monkeypatch.setattr(samkit_ops, "non_finite_check_and_unscale_", spy_check)
+    return counts
+
+
+def _two_step(model, opt, x, y, set_to_none, scale=(1.0, 1.0)):
+    for k in range(2):
+        opt.zero_grad(set_to_none=set_to_none)
+        (nn.functional.mse_loss(model(x), y) * scale[k]).backward()
+        (opt.first_step if k == 0 else opt.second_step)()
+
+
+def _views_of_flat(opt, params):
+    storage = opt._fused.layout.flat_grads[0].untyped_storage().data_ptr()
+    return all(p.grad is not None and p.grad.untyped_storage().data_ptr() == storage for p in params)
+
+
+@pytest.mark.parametrize("set_to_none", [False, True])
+def test_grads_stay_views_of_the_flat_buffer_without_set_to_none(monkeypatch, set_to_none):
+    x, y = _data()
+    models = [_model() for _ in range(2)]
+    opts = [_build("sam", m, f) for m, f in zip(models, (False, True))]
+    counts = _gather_counter(monkeypatch, opts[1:])
+    steps = 4
+    for _ in range(steps):
+        for m, o in zip(models, opts):
+            _two_step(m, o, x, y, set_to_none)
+        _assert_close(models[0].parameters(), models[1].parameters(), torch.float64)
+        # after the step the gradients are the flat buffer's views (set_to_none=False keeps them there)
+        assert _views_of_flat(opts[1], list(models[1].parameters())) == (not set_to_none)
+    if set_to_none:  # new gradients every pass: the gather every first step, the list check every second
+        assert counts == {"gather": steps, "flat_check": 0}
+    else:  # one gather (the first step); after it backward accumulates into the views
+        assert counts == {"gather": 1, "flat_check": steps}
+
+
+def test_first_step_repoints_grads_to_views_with_the_same_values():
+    x, y = _data()
+    model = _model()
+    opt = _build("sam", model, True)
+    nn.functional.mse_loss(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.first_step()
+    assert _views_of_flat(opt, list(model.parameters()))
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    opt.zero_grad()  # torch's default set_to_none=True drops the views
+    assert all(p.grad is None for p in model.parameters())
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 1), nn.Linear(8, 1)
+        self.to(torch.float64)
+
+    def forward(self, x, head):
+        return (self.a if head == 0 else self.b)(torch.tanh(self.body(x)))
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_parameter_without_gradient_in_some_steps_behaves_as_foreach(set_to_none):
+    x, y = _data()
+    models = [_TwoHeads() for _ in range(2)]
+    opts = [_build("sam", m, f) for m, f in zip(models, (False, True))]
+    for step in range(6):
+        head = 0 if step % 3 else 1  # head b has a gradient only in steps 0 and 3
+        before = [m.b.weight.detach().clone() for m in models]
+        for m, o in zip(models, opts):
+            for k in range(2):
+                o.zero_grad(set_to_none=set_to_none)
+                nn.functional.mse_loss(m(x, head), y).backward()
+                (o.first_step if k == 0 else o.second_step)()
+        _assert_close(models[0].parameters(), models[1].parameters(), torch.float64)
+        if set_to_none and head == 0:  # no gradient: the base optimizer skips it
+            assert models[1].b.weight.grad is None
+            assert all(torch.equal(m.b.weight, b) for m, b in zip(models, before))
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+def test_nonfinite_second_pass_gradient_in_the_views_same_decision(monkeypatch, on_nonfinite):
+    x, y = _data()
+    models = [_model() for _ in range(2)]
+    opts = [_build("sam", m, f, on_nonfinite=on_nonfinite) for m, f in zip(models, (False, True))]
+    counts = _gather_counter(monkeypatch, opts[1:])
+    for m, o in zip(models, opts):
+        for _ in range(2):
+            _two_step(m, o, x, y, set_to_none=False)
+    assert counts["flat_check"] == 2 and _views_of_flat(opts[1], list(models[1].parameters()))
+    results = []
+    for m, o in zip(models, opts):
+        before = [p.detach().clone() for p in m.parameters()]
+        if on_nonfinite == "raise":
+            with pytest.raises(NonFiniteGradientError, match="second"):
+                _two_step(m, o, x, y, set_to_none=False, scale=(1.0, float("nan")))
+        else:
+            _two_step(m, o, x, y, set_to_none=False, scale=(1.0, float("inf")))
+        assert all(torch.equal(p, b) for p, b in zip(m.parameters(), before))  # restored, no base step
+        results.append((o.steps, o.skipped_steps, o.is_perturbed))
+    assert results[0] == results[1] == (2, int(on_nonfinite == "skip"), False)
+    assert counts["flat_check"] == 3  # the check that found it took the flat buffer
+    for m, o in zip(models, opts):  # and the next steps go on alike
+        _two_step(m, o, x, y, set_to_none=False)
+    _assert_close(models[0].parameters(), models[1].parameters(), torch.float64)
+
+
+def test_some_grads_not_views_fall_back_to_the_gather(monkeypatch):
+    x, y = _data()
+    models = [_model() for _ in range(2)]
+    opts = [_build("sam", m, f) for m, f in zip(models, (False, True))]
+    counts = _gather_counter(monkeypatch, opts[1:])
+    for m, o in zip(models, opts):
+        _two_step(m, o, x, y, set_to_none=False)
+        o.zero_grad(set_to_none=False)
+        nn.functional.mse_loss(m(x), y).backward()
+        last = list(m.parameters())[-1]
+        last.grad = last.grad.clone() * 2.0  # one gradient replaced (not a view), another changed in place
+        list(m.parameters())[0].grad.mul_(3.0)
+        o.first_step()
+        o.zero_grad(set_to_none=False)
+        nn.functional.mse_loss(m(x), y).backward()
+        o.second_step()
+    assert counts["gather"] == 2
+    _assert_close(models[0].parameters(), models[1].parameters(), torch.float64)
+    assert _views_of_flat(opts[1], list(models[1].parameters()))

@@ -8,7 +8,16 @@ stay the same). Then every step is, per device and dtype:
 * first step: one copy gathering the gradients into a flat gradient buffer, one norm of it (which is also the
   finite check), one flat copy for the backup and one flat ``add_`` per parameter group for the perturbation;
 * second step: one flat copy for the restore (the backup is a copy: the weights come back bit for bit), and the
-  multi-tensor finite check of the new gradients that the foreach path runs too.
+  finite check of the new gradients (the foreach path's multi-tensor check).
+
+After the gather each laid-out parameter's ``.grad`` is re-pointed to its view of the flat gradient buffer (same
+shape, dtype, device and values). With ``zero_grad(set_to_none=False)`` torch zeroes these views in place and backward
+accumulates into them, so the next step finds its gradients already flat (every ``.grad`` is its view, checked by
+identity): no gather, and the second pass's finite check is one kernel on the flat buffer instead of a loop over the
+list. **Use ``zero_grad(set_to_none=False)`` with ``fused=True`` for the fastest path.** With torch's default
+``set_to_none=True`` (and SAM's own ``first_step(zero_grad=True)``, which uses it), backward allocates new gradients
+and each step gathers them as above; where only some gradients are the views (one was replaced, a parameter has no
+gradient this step), the step gathers too. The numbers are the same either way.
 
 The foreach path takes a kernel per tensor for the norm, the backup, the perturbation and the restore; on a CPU
 each costs about 1 µs per tensor beyond the memory traffic. The rule is :mod:`samkit.core`'s (the same
@@ -19,7 +28,8 @@ in the plain range (inf/NaN, overflow, possible underflow), or a coefficient ove
 (``adaptive``), the step takes the foreach rule (:func:`samkit.core.perturb`): the same decisions (skip, raise,
 rescale) as ``fused=False``; the backup and the restore stay flat.
 
-Costs: one flat gradient buffer (a second copy of the gradients) beyond the backup that the foreach path keeps too.
+Costs: one flat gradient buffer beyond the backup that the foreach path keeps too (the ``.grad`` tensors it replaces
+are freed when nothing else holds them; with ``set_to_none=True`` backward allocates new ones every pass).
 A parameter that is not contiguous (e.g. channels_last) cannot be fused: such a step runs on the foreach path (with
 a warning, once); sparse gradients are a ValueError. Moving the model (``model.to``) or rebinding ``p.data`` after the
 first step is seen (the data pointers are checked every step) and the flat layout is rebuilt.
@@ -31,11 +41,15 @@ first step is seen (the data pointers are checked every step) and the flat layou
 >>> model(torch.randn(4, 3)).sum().backward(); opt.second_step(zero_grad=True)
 >>> model.weight.data_ptr() == opt._fused.layout.flat_params[0].data_ptr()    # the weight is a view of the flat
 True
+>>> model(torch.randn(4, 3)).sum().backward(); opt.first_step()
+>>> model.weight.grad.data_ptr() == opt._fused.layout.flat_grads[0].data_ptr()  # and its gradient too
+True
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Sequence
 
@@ -45,8 +59,9 @@ from torch import Tensor
 from samkit._compat import group_by_device_and_dtype
 from samkit.core import Perturbation, _exact_floor, _scaled_norm, coefficients
 from samkit.optim.groups import SAMGroup
+from samkit.optim.ops import ForeachOps, Groups
 
-__all__ = ["FusedStep", "fused_step", "FlatLayout"]
+__all__ = ["FusedStep", "fused_step", "FlatLayout", "FusedOps"]
 
 
 def fused_step(fused: bool, foreach: bool) -> FusedStep | None:
@@ -79,6 +94,7 @@ class FlatLayout:
         self.flat_grads: list[Tensor] = []
         self.flat_backups: list[Tensor] = []
         self.grad_views: list[list[Tensor]] = []
+        self.views: list[Tensor] = [params[0]] * len(params)  # each parameter's view of the flat gradient buffer
         self.ranges: list[list[tuple[int, int, int]]] = []  # per key: (group, start, end)
         for (device, dtype), idx in self.keys:
             n = sum(params[i].numel() for i in idx)
@@ -91,6 +107,7 @@ class FlatLayout:
                 flat[start:end].view_as(p).copy_(p)
                 p.data = flat[start:end].view_as(p)
                 views.append(grads[start:end].view_as(p))
+                self.views[i] = views[-1]
                 if ranges and ranges[-1][0] == group_of[i]:
                     ranges[-1] = (group_of[i], ranges[-1][1], end)
                 else:
@@ -102,6 +119,7 @@ class FlatLayout:
             self.grad_views.append(views)
             self.ranges.append(ranges)
         self.pointers = [p.data_ptr() for p in params]
+        self.flat_groups = group_by_device_and_dtype(self.flat_grads)
 
     def fits(self, params: Sequence[Tensor]) -> bool:
         """``params`` are this layout's parameters, each still a view of the flat buffer."""
@@ -111,13 +129,24 @@ class FlatLayout:
             and [p.data_ptr() for p in params] == self.pointers
         )
 
+    def linked(self, grads: Sequence[Tensor]) -> bool:
+        """``grads`` are exactly this layout's gradient views (the parameters' ``.grad`` after a gather, kept by
+        ``zero_grad(set_to_none=False)`` and accumulated into in place by backward): the flat buffers hold them."""
+        return len(grads) == len(self.views) and all(map(operator.is_, grads, self.views))
+
     def gather(self, grads: Sequence[Tensor]) -> None:
-        """Copy the gradients (in the layout's order) into the flat gradient buffers: one kernel per key."""
+        """Make the flat gradient buffers hold the gradients (in the layout's order) and the parameters' ``.grad``
+        their views: nothing to do when they already are (:meth:`linked`); else one copy per key, and each ``.grad``
+        is re-pointed to its view (the same values, shape, dtype and device)."""
+        if self.linked(grads):
+            return
         if len(self.keys) == 1:
             torch._foreach_copy_(self.grad_views[0], list(grads))
-            return
-        for views, (_, idx) in zip(self.grad_views, self.keys):
-            torch._foreach_copy_(views, [grads[i] for i in idx])
+        else:
+            for views, (_, idx) in zip(self.grad_views, self.keys):
+                torch._foreach_copy_(views, [grads[i] for i in idx])
+        for p, view in zip(self.params, self.views):
+            p.grad = view
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
@@ -135,11 +164,27 @@ def _fusable(params: Sequence[Tensor], grads: Sequence[Tensor]) -> str | None:
     return None
 
 
+class FusedOps(ForeachOps):
+    """The foreach list operations (``opt.ops`` of a fused optimizer), except that the non-finite check and the
+    unscale of gradients that are the flat layout's views (:meth:`FlatLayout.linked`) take the flat gradient buffers:
+    one kernel per (device, dtype) instead of a loop over the list. Any other list takes the foreach kernels."""
+
+    def __init__(self, step: FusedStep) -> None:
+        self._step = step
+
+    def unscale_(self, tensors: list[Tensor], inv_scale: float, groups: Groups | None = None) -> bool:
+        layout = self._step.layout
+        if layout is not None and layout.linked(tensors):
+            return super().unscale_(layout.flat_grads, inv_scale, layout.flat_groups)
+        return super().unscale_(tensors, inv_scale, groups)
+
+
 class FusedStep:
     """The fused first step of :class:`samkit.SAM` (``fused=True``); see the module docstring."""
 
     def __init__(self) -> None:
         self.layout: FlatLayout | None = None
+        self.ops = FusedOps(self)  # the optimizer's list operations (its second pass's check on the flat buffers)
         self._flat_rule: Perturbation | None = None  # the last rule computed on the flat buffers
         self._warned = False
 

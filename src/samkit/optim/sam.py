@@ -150,8 +150,8 @@ class SAM(Optimizer):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.foreach = bool(foreach)
-        self.ops = list_ops(self.foreach)  #: the list operations (:mod:`samkit.optim.ops`), chosen once
         self._fused = fused_step(fused, self.foreach)  # the fused step (fused=True), or None
+        self.ops = list_ops(self.foreach) if self._fused is None else self._fused.ops  #: chosen once (:mod:`.ops`)
         defaults = dict(rho=rho, adaptive=bool(adaptive), adaptive_eta=adaptive_eta, perturb=True)
 
         if isinstance(base_optimizer, Optimizer):
