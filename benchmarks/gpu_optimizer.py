@@ -16,13 +16,11 @@ import statistics
 import sys
 
 import torch
-from torch import nn
 
 import samkit
-from samkit.models import ResNet20
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from optimizer_overhead import NaiveSAM, _deep_mlp, _params_with_grads, _two_steps  # noqa: E402
+from optimizer_overhead import NaiveSAM, _deep_mlp, _params_with_grads, _two_steps, resnet_steps  # noqa: E402
 
 
 def _cuda_time(fn, reps: int) -> float:
@@ -60,30 +58,7 @@ def overhead(reps: int, rounds: int) -> dict[str, float]:
 
 
 def resnet(batch: int, reps: int, rounds: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    x, y = torch.randn(batch, 3, 32, 32, device="cuda"), torch.randint(0, 10, (batch,), device="cuda")
-    model, loss_fn = ResNet20().cuda(), nn.CrossEntropyLoss()
-    sgd = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    sams = {
-        k: samkit.SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=1e-4, momentum=0.9, fused=k == "fused")
-        for k in ("foreach", "fused")
-    }
-
-    def sgd_step():
-        sgd.zero_grad()
-        loss_fn(model(x), y).backward()
-        sgd.step()
-
-    def sam_step(sam):
-        def closure():
-            sam.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            return loss
-
-        return lambda: sam.step(closure)
-
-    steps = {"sgd": sgd_step, **{k: sam_step(s) for k, s in sams.items()}}
+    steps = resnet_steps(batch, "cuda")
     for f in steps.values():
         _cuda_time(f, 3)
     t: dict[str, list[float]] = {k: [] for k in steps}

@@ -22,6 +22,7 @@ import copy
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -170,11 +171,13 @@ def overhead(reps: int, rounds: int) -> dict[str, float | int | list[str] | dict
     )
 
 
-def resnet_ratio(batch: int, reps: int, rounds: int) -> dict[str, float]:
+def resnet_steps(batch: int, device: str = "cpu") -> dict[str, Callable[[], None]]:
+    """One SGD step and one SAM step (foreach and fused) of a ResNet-20 at ``batch`` on ``device``: the callables that
+    P2 times (here on the CPU, in ``gpu_optimizer.py`` on CUDA)."""
     torch.manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-    model = ResNet20()
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    model = ResNet20().to(device)
     loss_fn = nn.CrossEntropyLoss()
     sgd = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     sams = {
@@ -182,12 +185,12 @@ def resnet_ratio(batch: int, reps: int, rounds: int) -> dict[str, float]:
         for k in ("foreach", "fused")
     }
 
-    def sgd_step():
+    def sgd_step() -> None:
         sgd.zero_grad()
         loss_fn(model(x), y).backward()
         sgd.step()
 
-    def sam_step(sam: samkit.SAM):
+    def sam_step(sam: samkit.SAM) -> Callable[[], None]:
         def closure():
             sam.zero_grad()
             loss = loss_fn(model(x), y)
@@ -196,7 +199,11 @@ def resnet_ratio(batch: int, reps: int, rounds: int) -> dict[str, float]:
 
         return lambda: sam.step(closure)
 
-    steps = {"sgd": sgd_step, **{k: sam_step(s) for k, s in sams.items()}}
+    return {"sgd": sgd_step, **{k: sam_step(s) for k, s in sams.items()}}
+
+
+def resnet_ratio(batch: int, reps: int, rounds: int) -> dict[str, float]:
+    steps = resnet_steps(batch)
     for f in steps.values():  # warm-up
         f()
     t: dict[str, list[float]] = {k: [] for k in steps}
