@@ -21,6 +21,9 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 import samkit
 from samkit.optim import sharded
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ddp_worker import sam_steps as steps  # noqa: E402  (n closure steps of an MSE model: the same loop)
+
 RULES = {
     "sam": {},
     "usam": {"normalization": "none"},
@@ -57,18 +60,6 @@ def global_batch(dtype=torch.float32):
 def build(net, rule, base=torch.optim.SGD, **kw):
     opts = {"lr": 0.1, "momentum": 0.9} if base is torch.optim.SGD else {"lr": 0.01}
     return samkit.SAM(net.parameters(), base, rho=0.1, **RULES[rule], **opts, **kw)
-
-
-def steps(model, opt, x, y, n):
-    for _ in range(n):
-
-        def closure():
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
 
 
 def full(model):
