@@ -455,7 +455,7 @@ def _section(name: str, result: Mapping[str, Any] | None, problem: Problem | Non
         "title": _text(result.get("title")) if result else _text(problem.title if problem else ""),
         "summary": _text(result.get("summary")) if result else "",
         "problem": None,
-        "counts": verdict_counts([result]) if result else dict.fromkeys(VERDICTS, 0),
+        "counts": dict(Tally.of([result] if result else []).counts),
         "groups": [],
         "figures": [],
         "info": None,
