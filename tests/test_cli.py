@@ -179,3 +179,14 @@ def test_every_usage_error_has_the_command_prefix(argv, prefix, capsys):
     assert main(argv) == 2  # before: `samkit run: error:`, `samkit report: error:` ... and SystemExit from main()
     err = capsys.readouterr().err
     assert err.startswith(prefix) and err.count("\n") == 1
+
+
+def test_a_preset_only_one_experiment_has_is_a_choice_of_run_not_of_reproduce(tmp_path, capsys):
+    assert main(["run", "E1", "--preset", "medium", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown preset 'medium' for E1 (choose from tiny, quick, full)" in err
+    assert main(["reproduce", "--preset", "medium", "--out", str(tmp_path / "r")]) == 2
+    assert "invalid choice: 'medium'" in capsys.readouterr().err
+    assert main(["run", "--help"]) == 0
+    assert "medium: E7 only" in " ".join(capsys.readouterr().out.split())
+    assert main(["list", "E7"]) == 0 and "medium" in capsys.readouterr().out.splitlines()[1]

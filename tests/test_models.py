@@ -62,12 +62,33 @@ def test_resnet20_is_the_cifar_resnet20():
     assert model.blocks(model.stem(torch.zeros(1, 3, 32, 32))).shape == (1, 64, 8, 8)
 
 
-def test_batchnorm_only_in_the_resnet():
+def test_batchnorm_only_in_the_resnet_and_cnn_small_bn():
     def bns(m: nn.Module) -> int:
         return sum(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in m.modules())
 
-    assert bns(MLP()) == 0 and bns(SmallCNN()) == 0
+    assert bns(MLP()) == 0 and bns(SmallCNN()) == 0 and bns(build_model("cnn-small")) == 0
+    assert bns(build_model("cnn-small-bn")) == 2
     assert bns(ResNet20()) == 1 + 9 * 2 + 2  # stem, two per block, two projection shortcuts
+
+
+@pytest.mark.parametrize("channels, side", [(1, 28), (3, 32)])
+def test_cnn_small_and_its_batchnorm_twin_differ_only_in_the_normalization(channels, side):
+    flat = 16 * (side // 4) ** 2
+    head = _linear(flat, 128) + _linear(128, 10)
+    plain = build_model("cnn-small", in_channels=channels, image_size=side)
+    assert _params(plain) == _conv3(channels, 8, True) + _conv3(8, 16, True) + head
+    bn = build_model("cnn-small-bn", in_channels=channels, image_size=side)
+    # the convolutions lose their bias (BatchNorm's shift replaces it) and BatchNorm adds a scale and a shift
+    assert _params(bn) == _conv3(channels, 8, False) + 2 * 8 + _conv3(8, 16, False) + 2 * 16 + head
+    kinds = [type(m).__name__ for m in bn.features]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"] * 2
+
+
+def test_every_model_is_described_for_the_report():
+    from samkit.models import DESCRIPTIONS
+
+    assert set(DESCRIPTIONS) == set(MODELS)
+    assert "BatchNorm" in DESCRIPTIONS["cnn-small-bn"] and "no normalization" in DESCRIPTIONS["cnn-small"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -85,5 +106,5 @@ def test_same_seed_same_model_and_outputs(name):
 
 
 def test_unknown_model_names_the_choices():
-    with pytest.raises(ValueError, match="unknown model 'vit'; allowed: mlp, cnn, resnet20"):
+    with pytest.raises(ValueError, match="unknown model 'vit'; allowed: mlp, cnn, cnn-small, cnn-small-bn, resnet20"):
         build_model("vit")

@@ -33,7 +33,8 @@ def test_summary_first_then_problems_fails_and_not_exercised_one_line_each(tmp_p
     assert _run(tmp_path, "ABSENT") == 3
     page = (tmp_path / "index.html").read_text()
     assert page.index("id='summary'") < page.index("id='contents'") < page.index("id='JUDGED'")
-    attention = page[page.index("class='attention'") : page.index("</ul>")]
+    start = page.index("class='attention'")
+    attention = page[start : page.index("</ul>", start)]
     order = [attention.index(s) for s in ("ABSENT: the moon is not in", "J.2: the toy passes", "J.3: a claim whose")]
     assert order == sorted(order) and attention.count("<li") == 3
     assert "href='#ABSENT'" in attention and "href='#JUDGED-J.2'" in attention and "href='#JUDGED-J.3'" in attention
@@ -46,7 +47,7 @@ def test_summary_first_then_problems_fails_and_not_exercised_one_line_each(tmp_p
     )
     assert [(p["experiment"], p["kind"]) for p in claims["not_run"]] == [("ABSENT", "missing")]
     md = (tmp_path / "README.md").read_text()
-    lines = [line for line in md.splitlines() if line.startswith("- **")]
+    lines = [line for line in md[md.index("Needs attention") :].splitlines() if line.startswith("- **")]
     assert [line.split("**")[1] for line in lines] == ["did not run", "FAIL", "NOT EXERCISED"]
     assert check_links(tmp_path, page) > 10
 
@@ -144,3 +145,32 @@ def test_a_folder_holding_another_experiments_files_is_damaged(tmp_path):
     results, problems = collect(tmp_path)
     assert [r["experiment"] for r in results] == ["JUDGED"]
     assert problems[0].experiment == "ABSENT" and "is the config of experiment 'JUDGED'" in problems[0].reason
+
+
+def test_the_summary_says_what_the_network_claims_were_judged_on_and_states_findings(tmp_path):
+    assert _run(tmp_path, "JUDGED", "fail=true") == 1
+    page = (tmp_path / "index.html").read_text()
+    summary = page[page.index("id='summary'") : page.index("id='contents'")]
+    assert "judged on these architectures and data only (in this run)" in summary
+    # the scope's own claims' verdicts (J.1 PASS, J.2 FAIL), not the experiment's (J.3 is not in the scope)
+    assert "<b>toy &lt;net&gt;</b> <span class='n c-FAIL'>1 PASS, 1 FAIL</span>: 3 numbers squared" in summary
+    assert "Findings:" in summary and "the toy was told to fail; its largest square is 9" in summary
+    md = (tmp_path / "README.md").read_text()
+    assert "- **JUDGED toy &lt;net>** (1 PASS, 1 FAIL): 3 numbers squared" in md
+    assert "- **JUDGED** the toy was told to fail; its largest square is 9" in md
+    assert md.index("judged on these architectures") < md.index("Needs attention")
+    # scope and findings are recomputed from the verified config and tables: an edit does not survive a report
+    result = tmp_path / "JUDGED" / "result.json"
+    edited = json.loads(result.read_text())
+    edited["scope"][0]["what"] = "ResNet-50 on ImageNet"
+    edited["findings"] = []
+    result.write_text(json.dumps(edited))
+    assert main(["report", str(tmp_path)]) == 1
+    md = (tmp_path / "README.md").read_text()
+    assert "ImageNet" not in md and "its largest square is 9" in md
+
+
+def test_no_scope_line_when_every_claim_is_about_formulas(tmp_path):
+    assert _run(tmp_path, "JUDGED") == 0
+    page = (tmp_path / "index.html").read_text()
+    assert "<span class='n c-PASS'>2 PASS</span>" in page and "Findings:" not in page

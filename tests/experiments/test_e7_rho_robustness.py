@@ -95,7 +95,7 @@ def test_the_cache_key_covers_the_training_code_not_the_analysis():
         ("sharpness_batch_size=1000", "sharpness_batches × sharpness_batch_size = 1000 must be <= subset = 150"),
         ("models=mlp,mlp", "models must be distinct"),
         ("seeds=1,1", "seeds must be distinct"),
-        ("models=vgg", "models[0] must be one of mlp, cnn, resnet20, got 'vgg'"),
+        ("models=vgg", "models[0] must be one of mlp, cnn, cnn-small, cnn-small-bn, resnet20, got 'vgg'"),
         ("flat_ratio=1.5", "flat_ratio must be a number in (0, 1]"),
         ("eps_at_work=0", "eps_at_work must be a positive finite number, got 0.0"),
     ],
@@ -335,3 +335,66 @@ def test_a_seed_whose_sgd_diverged_is_left_out_and_named():
     got = _verdicts({**data, "runs": Table(rows)})
     assert got["E7.1-mlp"].verdict == "PASS" and got["E7.1-mlp"].values["grid_steps"]["n"] == 3
     assert "SGD diverged on seed 2" in got["E7.0-mlp"].measured
+
+
+# -- findings and scope: what the report's summary says beside the verdicts ------------------------------------------
+def _findings(data, **cfg_changes):
+    e7 = get("E7")
+    cfg = {**e7.config("tiny"), "seeds": sorted({r["seed"] for r in data["runs"].rows}), **cfg_changes}
+    return e7.findings(cfg, data)
+
+
+def test_no_finding_where_the_claim_holds_or_its_mechanism_was_not_at_work():
+    assert _findings(_tables(HOLDS, lam=FLAT)) == []
+    assert _findings(_tables(HOLDS, lam=FLAT, usam_dyn=2.0)) == []  # E7.0 NOT EXERCISED: no verdict, no finding
+
+
+def test_a_reversed_claim_is_a_finding_with_the_mechanisms_numbers():
+    # SAM trains up to 0.0316 and USAM up to 1 on every seed: the claim's own shape with the labels swapped
+    swapped = {("usam" if m == "sam" else "sam", s): v for (m, s), v in HOLDS.items()}
+    (text,) = _findings(_tables(swapped, lam=FLAT))
+    assert text.startswith("mlp: the robustness claim reverses on this architecture")
+    assert "E7.1 FAIL, E7.2 FAIL" in text
+    assert "SAM up to ρ = 0.0316, USAM up to ρ = 1" in text
+    assert "‖g‖ falls 100× (2 → 0.02)" in text  # the synthetic ‖g‖ decays usam_dyn = 100×
+    assert "At ρ = 0.1: SAM every seed diverged (4/4 seeds fail), USAM 80.0% (0/4 seeds fail), SGD 80.0%" in text
+    # the largest realised mean ‖ε‖ at which every seed trains: SAM's is ρ = 0.0316; USAM's is ρ times mean ‖g‖
+    g_mean = np.mean([2.0 * 100 ** (-(ep - 1) / 4) for ep in range(1, 6)])
+    assert f"mean ‖ε‖ of 0.0316 with SAM and {float(f'{g_mean:.3g}'):g} with USAM" in text
+
+
+def test_a_tie_is_not_confirmed_and_not_called_a_reversal():
+    tie = {(m, s): (3, 4, 5, 6) for m in ("sam", "usam") for s in range(4)}
+    (text,) = _findings(_tables(tie, lam=FLAT))
+    assert "the robustness claim is not confirmed on this architecture (E7.1 FAIL, E7.2 FAIL)" in text
+    assert "reverses" not in text
+
+
+def test_the_scope_names_each_architecture_its_data_and_seeds_and_its_claims():
+    e7 = get("E7")
+    cfg = e7.config("medium")
+    scopes = e7.scope(cfg)
+    assert [s.label for s in scopes] == ["mlp", "cnn-small", "cnn-small-bn"]
+    assert all(s.claims == [f"E7.{k}-{s.label}" for k in range(5)] for s in scopes)
+    assert "BatchNorm" in scopes[2].what and "no normalization" in scopes[1].what
+    assert "the first 1000 fashion-mnist training images" in scopes[0].what and scopes[0].what.endswith("seeds 0–7")
+
+
+def test_medium_is_the_quick_setting_on_three_architectures_one_with_batchnorm():
+    from torch import nn
+
+    from samkit.models import build_model
+
+    e7 = get("E7")
+    quick, medium = e7.config("quick"), e7.config("medium")
+    assert {k: v for k, v in medium.items() if k not in ("models", "seeds")} == {
+        k: v for k, v in quick.items() if k not in ("models", "seeds")
+    }
+    assert medium["models"] == ["mlp", "cnn-small", "cnn-small-bn"] and medium["seeds"] == list(range(8))
+
+    def norms(name):
+        return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in build_model(name).modules())
+
+    assert [norms(m) for m in medium["models"]] == [0, 0, 2]
+    units = e7.units(medium)
+    assert len(units) == 3 * (8 + 2 * 6 * 8 + 2 * 3)

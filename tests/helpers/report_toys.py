@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from samkit.experiments import Claim, Experiment, Figure, Unit, register
+from samkit.experiments.base import Scope
 from samkit.experiments.plotting import new_figure, save_figure
 
 SETTING = "grid xs=[1.0, 2.0, 3.0] (shared by J.1 and J.2)"
@@ -75,6 +76,13 @@ class Judged(Experiment):
                 figure="a b#1.png",
             ),
         ]
+
+    def scope(self, config):
+        return [Scope("toy <net>", f"{len(config['xs'])} numbers squared", ["J.1", "J.2"])]
+
+    def findings(self, config, data):
+        ys = data["squares"].col("y")
+        return [f"the toy was told to fail; its largest square is {ys.max():g}"] if config["fail"] else []
 
     def figures(self, config, data, fig_dir):
         ys = data["squares"].col("y")

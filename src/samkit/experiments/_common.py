@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from samkit.experiments.base import Param
+from samkit.experiments.base import Param, Scope
 
-__all__ = ["logspace", "linspace", "tolist", "theory_float", "SEED", "BLOWUP", "SENSING", "grid_keys", "mesh"]
+__all__ = [
+    "logspace",
+    "linspace",
+    "tolist",
+    "theory_float",
+    "SEED",
+    "BLOWUP",
+    "SENSING",
+    "grid_keys",
+    "mesh",
+    "seed_text",
+    "tanh_mlp_scope",
+]
 
 #: The ``seed`` key of an experiment whose runs draw no random numbers (recorded with the results).
 SEED = Param(int, "random seed, recorded with the results (the runs draw no random numbers)", min=0)
@@ -79,3 +92,29 @@ def tolist(t: Any) -> Any:
 def theory_float(t: Any) -> float:
     """A 0-d theory tensor as a float."""
     return float(torch.as_tensor(t))
+
+
+def seed_text(seeds: list[int]) -> str:
+    """Seeds in words, runs of consecutive seeds as ranges.
+
+    >>> seed_text([0, 1, 2, 3, 7, 9, 10])
+    '0–3, 7, 9–10'
+    """
+    parts: list[str] = []
+    for s in sorted(seeds):
+        if parts and parts[-1].split("–")[-1] == str(s - 1):
+            parts[-1] = parts[-1].split("–")[0] + f"–{s}"
+        else:
+            parts.append(str(s))
+    return ", ".join(parts)
+
+
+def tanh_mlp_scope(config: Mapping[str, Any], claims: list[str]) -> Scope:
+    """E8's and E9's deep net (a tanh MLP trained full-batch on the first ``n_train`` images) as a report scope."""
+    hidden = "-".join(str(h) for h in config["hidden"])
+    return Scope(
+        "tanh MLP",
+        f"MLP 784-{hidden}-10 (tanh, no normalization), full batch on the first {config['n_train']} "
+        f"{config['dataset']} training images, square loss, seeds {seed_text(config['seeds'])}",
+        claims,
+    )

@@ -49,6 +49,7 @@ __all__ = [
     "Claim",
     "make_claim",
     "Figure",
+    "Scope",
     "Unit",
     "Table",
     "Experiment",
@@ -411,6 +412,18 @@ class Figure:
     data: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Scope:
+    """What some of an experiment's claims were judged on, in words computed from the config: ``label`` (e.g. the
+    architecture), ``what`` (the model, the data, the seeds) and the ids of the ``claims`` judged on it. The report's
+    summary lists every scope with the verdict counts of its claims, so a green summary never reads as covering
+    more than was run."""
+
+    label: str
+    what: str
+    claims: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Unit:
     """One independent piece of work; ``params`` hold everything it needs (they are hashed for the cache)."""
@@ -552,9 +565,8 @@ class Experiment:
     def check_presets(self) -> None:
         """Check that the schema declares the presets' keys and every preset passes :meth:`check_config`
         (called by :func:`samkit.experiments.register`, so a bad preset fails at import)."""
-        for preset in PRESETS:
-            if preset in self.presets:
-                self.check_config(self.presets[preset])
+        for preset in self.presets.values():
+            self.check_config(preset)
 
     def units(self, config: Mapping[str, Any]) -> list[Unit]:
         """Split the work of ``config`` into independent units."""
@@ -591,6 +603,16 @@ class Experiment:
     def figures(self, config: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
         """Draw the figures into ``fig_dir`` from the tables read back from disk."""
         raise NotImplementedError
+
+    def scope(self, config: Mapping[str, Any]) -> list[Scope]:
+        """What the claims that depend on trained networks and data were judged on (one :class:`Scope` per
+        architecture and data set), for the report's summary; none for claims about formulas (the default)."""
+        return []
+
+    def findings(self, config: Mapping[str, Any], data: Mapping[str, Table]) -> list[str]:
+        """Findings the report's summary states beside the verdicts, each a sentence computed from the tables (e.g.
+        where a claim reverses, with the mechanism's numbers); none by default."""
+        return []
 
     def missing(self, config: Mapping[str, Any]) -> str | None:
         """What this experiment needs and cannot find (e.g. a dataset), or ``None`` when it can run.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from samkit.experiments.base import INCONCLUSIVE, NOT_EXERCISED, VERDICTS, Claim, Figure
+from samkit.experiments.base import INCONCLUSIVE, NOT_EXERCISED, VERDICTS, Claim, Figure, Scope
 
 __all__ = [
     "ExperimentResult",
@@ -96,6 +96,31 @@ class ExperimentResult(dict):
     @property
     def figures(self) -> list[Figure]:
         return [Figure(**f) for f in self["figures"]]
+
+    @property
+    def scope(self) -> list[Scope]:
+        """What the claims on trained networks were judged on (:meth:`Experiment.scope`; entries that are not a
+        scope's fields are skipped: a result written before scopes existed has none)."""
+        out = []
+        for x in self.get("scope") or []:
+            if isinstance(x, dict) and isinstance(x.get("label"), str) and isinstance(x.get("what"), str):
+                claims = [str(c) for c in x.get("claims") or [] if isinstance(c, str)]
+                out.append(Scope(x["label"], x["what"], claims))
+        return out
+
+    @property
+    def findings(self) -> list[str]:
+        """The computed findings (:meth:`Experiment.findings`), as text."""
+        return [str(f) for f in self.get("findings") or [] if isinstance(f, str)]
+
+    def scope_counts(self, scope: Scope) -> dict[str, int]:
+        """The verdict counts of the claims judged on ``scope`` (:data:`VERDICTS` order)."""
+        counts = dict.fromkeys(VERDICTS, 0)
+        ids = set(scope.claims)
+        for c in self.claims:
+            if c.id in ids:
+                counts[c.verdict] += 1
+        return counts
 
 
 @dataclass

@@ -573,8 +573,36 @@ def _context(results: Sequence[Mapping[str, Any]], problems: Sequence[Problem]) 
         "not_run_note": _not_run(problems),
         "sections": sections,
         "attention": _attention(sections),
+        "scopes": _scopes(results),
+        "findings": [
+            {"experiment": _text(r.name), "href": "#" + _anchor(r.name), "text": _text(f)}
+            for r in map(ExperimentResult, results)
+            for f in r.findings
+        ],
         "provenance": None if prov is None else {k: _text(prov.get(k)) for k in keys},
     }
+
+
+def _scopes(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One line per scope (what claims on trained networks were judged on) with the verdict counts of its claims,
+    e.g. ``{"experiment": "E7", "label": "cnn-small", "what": "...", "verdicts": "3 PASS, 2 FAIL"}``."""
+    lines = []
+    for r in map(ExperimentResult, results):
+        for sc in r.scope:
+            counts = r.scope_counts(sc)
+            order = ("PASS", "FAIL", INCONCLUSIVE, NOT_EXERCISED)
+            verdicts = ", ".join(f"{counts[v]} {v}" for v in order if counts[v]) or "no claims"
+            lines.append(
+                {
+                    "experiment": _text(r.name),
+                    "href": "#" + _anchor(r.name),
+                    "label": _text(sc.label),
+                    "what": _text(sc.what),
+                    "verdicts": verdicts,
+                    "css": "c-PASS" if counts["PASS"] == sum(counts.values()) and counts["PASS"] else "c-FAIL",
+                }
+            )
+    return lines
 
 
 def _not_run(problems: Sequence[Problem]) -> str:

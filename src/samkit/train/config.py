@@ -125,7 +125,7 @@ ONLY_FOR: Mapping[str, str] = _OnlyFor()
 #: (channels, side, training images, test images) of the datasets whose shape is fixed.
 _SHAPES = {"fashion-mnist": (1, 28, 60_000, 10_000), "cifar10": (3, 32, 50_000, 10_000)}
 #: Channels of each model's first activation (a convolution at full resolution), or units of its first layer (MLP).
-_FIRST_WIDTH = {"mlp": 256, "cnn": 32, "resnet20": 16}
+_FIRST_WIDTH = {"mlp": 256, "cnn": 32, "cnn-small": 8, "cnn-small-bn": 8, "resnet20": 16}
 
 
 class TrainError(ValueError):

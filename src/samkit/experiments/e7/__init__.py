@@ -36,6 +36,12 @@ threshold, FAIL when wholly on the other, INCONCLUSIVE when it straddles):
   does not train to a matched loss: it is judged on every ρ where it does — the most chances to look flat);
 * E7.4: both methods fail on every seed at the top of the grid, so the grid reaches past both stable ranges.
 
+Findings (:mod:`~samkit.experiments.e7.findings`, in the report's summary): for each model whose precondition
+holds but whose robustness claims (E7.1, E7.2) do not both PASS, what happened instead — "reverses" when an interval
+lies wholly on the wrong side — with the mechanism's numbers: ‖g‖'s fall, each method's stable range, the realised
+‖ε‖, test accuracy where SAM fails, and the largest realised mean ‖ε‖ each method trains with. The report's summary
+also names every architecture and data set the claims were judged on (:meth:`RhoRobustness.scope`).
+
 Reported, not judged (figures and their captions, ``data/summary.csv``): test accuracy against ρ and against the
 realised mean ‖ε‖, r_max (the largest median late ‖ε‖ at which a method trains: it compares realised radii, which
 differ by 1/‖g_T‖ even when both methods train at the same ρ, so it cannot test robustness to ρ), the windows in
@@ -45,7 +51,10 @@ decades, ‖g‖ and ‖ε‖ over training, the Hessian spectrum and a learning
 Presets: ``quick`` is the MLP (784-256-256-10) on 1 000 images, batch 100, 100 epochs, lr 0.3, ρ ∈ 10^{−2, −1.5,
 …, 0.5}, seeds 0–13, λ on 1 000 training images, the lr sweep {0.1, 0.3, 0.6} at ρ = 0.1 (seed 0); 188 runs. (ρ =
 10^−3 and 10^−2.5 were dropped for four more seeds: no run of either method failed there in 38 seeds measured.)
-``full`` (for a GPU) has 10 seeds, a quarter-decade grid from 10^−3 and three models — the MLP, the small CNN (``cnn``, no
+``medium`` (about an hour on 2 cores) is the quick setting on three architectures — the MLP, ``cnn-small`` (two
+conv3x3-ReLU-maxpool blocks of 8 and 16 channels, no normalization) and ``cnn-small-bn`` (the same with BatchNorm
+after each convolution) — on seeds 0–7: 330 runs, one verdict per architecture. ResNet-20 does not fit its hour
+(5.3 s per SAM epoch of 1 000 images on one core, 26× the small CNN). ``full`` (for a GPU) has 10 seeds, a quarter-decade grid from 10^−3 and three models — the MLP, the small CNN (``cnn``, no
 BatchNorm) and ResNet-20 (BatchNorm) — on 5 000 images for 220 epochs (the last 22 decaying): one verdict per
 architecture. Prototypes of small CNNs *reversed* the claim (SAM collapsed at ρ ≥ 1 while USAM, whose ‖g‖
 shrinks, kept training): the full preset reports per architecture what holds. ``tiny`` (tests) is the MLP on 150
@@ -73,8 +82,8 @@ from pathlib import Path
 from typing import Any
 
 from samkit.experiments import register
-from samkit.experiments.base import Claim, Experiment, Figure, Table, Unit
-from samkit.experiments.e7 import analysis, claims, config, figures, runs
+from samkit.experiments.base import Claim, Experiment, Figure, Scope, Table, Unit
+from samkit.experiments.e7 import analysis, claims, config, figures, findings, runs
 from samkit.experiments.e7.analysis import dynamic_range
 from samkit.experiments.e7.config import rho_grid
 
@@ -121,6 +130,13 @@ class RhoRobustness(Experiment):
     def claims(self, cfg: Mapping[str, Any], data: Mapping[str, Table]) -> list[Claim]:
         an = self.analysis(cfg, data)
         return [c for m in cfg["models"] for c in claims.model_claims(an[m], cfg)]
+
+    def findings(self, cfg: Mapping[str, Any], data: Mapping[str, Table]) -> list[str]:
+        an = self.analysis(cfg, data)
+        return findings.findings(an, self.claims(cfg, data))
+
+    def scope(self, cfg: Mapping[str, Any]) -> list[Scope]:
+        return config.scope(cfg)
 
     def figures(self, cfg: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
         return figures.figures(cfg, self.analysis(cfg, data), data, fig_dir)

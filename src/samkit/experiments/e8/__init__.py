@@ -62,7 +62,8 @@ from pathlib import Path
 from typing import Any
 
 from samkit.experiments import register
-from samkit.experiments.base import Claim, Experiment, Figure, Table, Unit
+from samkit.experiments._common import tanh_mlp_scope as scope_of
+from samkit.experiments.base import Claim, Experiment, Figure, Scope, Table, Unit
 from samkit.experiments.e8 import analysis, claims, config, figures, runs
 from samkit.experiments.e8.config import stability_edge
 
@@ -104,6 +105,9 @@ class EdgeOfStability(Experiment):
 
     def claims(self, cfg: Mapping[str, Any], data: Mapping[str, Table]) -> list[Claim]:
         return claims.claims(self.analysis(cfg, data), cfg)
+
+    def scope(self, cfg: Mapping[str, Any]) -> list[Scope]:
+        return [scope_of(cfg, ["E8.1", "E8.2", "E8.3"])]
 
     def figures(self, cfg: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
         return figures.figures(cfg, self.analysis(cfg, data), data, fig_dir)

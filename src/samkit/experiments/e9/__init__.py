@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from samkit.experiments import register
-from samkit.experiments.base import Claim, Experiment, Figure, Table, Unit
+from samkit.experiments._common import tanh_mlp_scope as scope_of
+from samkit.experiments.base import Claim, Experiment, Figure, Scope, Table, Unit
 from samkit.experiments.e9 import analysis, claims, config, figures, runs
 
 __all__ = ["NormalizationDial"]
@@ -91,6 +92,9 @@ class NormalizationDial(Experiment):
 
     def claims(self, cfg: Mapping[str, Any], data: Mapping[str, Table]) -> list[Claim]:
         return claims.claims(self.analysis(cfg, data), cfg, data)
+
+    def scope(self, cfg: Mapping[str, Any]) -> list[Scope]:
+        return [scope_of(cfg, ["E9.4", "E9.5"])]
 
     def figures(self, cfg: Mapping[str, Any], data: Mapping[str, Table], fig_dir: Path) -> list[Figure]:
         return figures.figures(cfg, self.analysis(cfg, data), data, fig_dir)
