@@ -1,8 +1,8 @@
 """E7's cost per preset, estimated from measured epoch times (one CPU thread per run, as the local pool runs them).
 
 For each model of the preset, one SGD run and one SAM run (E7's own unit, :func:`samkit.experiments.e7.runs.run_unit`,
-with the preset's images, batch size, final evaluation and eigenvalue measurement) are timed at 1 and at 2 epochs:
-the difference is the epoch time, the rest the per-run overhead (test evaluation, Lanczos, setup). USAM costs what
+with the preset's images, batch size, final evaluation and eigenvalue measurement) are timed over 3 epochs: the median
+epoch (``samkit.train``'s own timing) is the epoch time, the rest of the run the per-run overhead (test evaluation, Lanczos, setup). USAM costs what
 SAM costs (two gradients per step). The estimate is then every unit of the preset at full length, summed, and
 divided by the jobs: an upper bound, since a diverged run stops early. With ``--measured DIR`` it also prints the
 compute time the units of a finished run actually took, per model, for comparison.
@@ -18,27 +18,47 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from samkit._threads import torch_threads
 from samkit.experiments import get
 from samkit.experiments.e7 import runs
 
 
-def _timed(params: dict) -> float:
-    t = time.perf_counter()
-    with torch_threads(1):
-        runs.run_unit(params)
-    return time.perf_counter() - t
+def _timed(params: dict) -> tuple[float, list[float]]:
+    """Wall time of one E7 unit and the seconds of each of its epochs (``samkit.train``'s own per-epoch timing,
+    which excludes the final evaluation and, but for the last epoch, the eigenvalue measurement)."""
+    import samkit.train as train_module
+
+    original = train_module.train
+    seen: dict = {}
+
+    def spy(cfg, **kw):
+        seen["summary"] = original(cfg, **kw)
+        return seen["summary"]
+
+    train_module.train = spy  # run_unit imports samkit.train.train when called
+    try:
+        t = time.perf_counter()
+        with torch_threads(1):
+            runs.run_unit(params)
+        total = time.perf_counter() - t
+    finally:
+        train_module.train = original
+    return total, [float(r["seconds"]) for r in seen["summary"]["history"]]
 
 
-def epoch_costs(cfg: dict, model: str) -> dict[str, tuple[float, float]]:
-    """Per method (sgd, sam): (seconds per epoch, seconds of overhead per run) of ``model`` in ``cfg``'s setting."""
+def epoch_costs(cfg: dict, model: str, epochs: int = 3) -> dict[str, tuple[float, float]]:
+    """Per method (sgd, sam): (seconds per epoch, seconds of overhead per run) of ``model`` in ``cfg``'s setting:
+    the median of the epochs before the last, and the rest of a run of ``epochs`` epochs."""
     unit = next(u for u in get("E7").units(cfg) if u.params["model"] == model and u.params["optimizer"] == "sam")
     out = {}
     for method in ("sgd", "sam"):
-        p = {**unit.params, "optimizer": method, "rho": 0.0 if method == "sgd" else 0.01}
+        p = {**unit.params, "optimizer": method, "rho": 0.0 if method == "sgd" else 0.01, "epochs": epochs}
         p.pop("density", None)
-        one, two = _timed({**p, "epochs": 1}), _timed({**p, "epochs": 2})
-        out[method] = (max(two - one, 1e-9), max(2 * one - two, 0.0))
+        total, seconds = _timed(p)
+        epoch = float(np.median(seconds[:-1]))
+        out[method] = (epoch, max(total - epochs * epoch, 0.0))
     return out
 
 
@@ -74,7 +94,7 @@ def main() -> None:
         hours = sum(n[m] * (cfg["epochs"] * e + o) for m, (e, o) in cost.items()) / 3600
         total += hours
         print(
-            f"  {model:13s} epoch SGD {cost['sgd'][0]:7.2f} s, SAM {cost['sam'][0]:7.2f} s; overhead per run "
+            f"  {model:13s} epoch SGD {cost['sgd'][0]:7.3g} s, SAM {cost['sam'][0]:7.3g} s; overhead per run "
             f"{cost['sam'][1]:5.1f} s; {n['sgd']} SGD + {n['sam']} SAM/USAM runs: {hours:8.2f} CPU-hours"
         )
     print(f"  total {total:.2f} CPU-hours = {total * 60 / args.jobs:.0f} minutes with {args.jobs} jobs (upper bound)")
