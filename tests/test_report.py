@@ -159,6 +159,16 @@ def test_the_summary_says_what_the_network_claims_were_judged_on_and_states_find
     assert "- **JUDGED toy &lt;net>** (1 PASS, 1 FAIL): 3 numbers squared" in md
     assert "- **JUDGED** the toy was told to fail; its largest square is 9" in md
     assert md.index("judged on these architectures") < md.index("Needs attention")
+    (exp,) = json.loads((tmp_path / "claims.json").read_text())["experiments"]
+    assert exp["scope"] == [
+        {
+            "label": "toy <net>",
+            "what": "3 numbers squared",
+            "claims": ["J.1", "J.2"],
+            "verdicts": {"FAIL": 1, "INCONCLUSIVE": 0, "NOT EXERCISED": 0, "PASS": 1},
+        }
+    ]
+    assert exp["findings"] == ["the toy was told to fail; its largest square is 9"]
     # scope and findings are recomputed from the verified config and tables: an edit does not survive a report
     result = tmp_path / "JUDGED" / "result.json"
     edited = json.loads(result.read_text())

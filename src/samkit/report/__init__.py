@@ -763,7 +763,16 @@ def write_report(
             "all_pass": ctx["passed"] == ctx["total"] and not problems,
             "verdicts": ctx["counts"],
             "experiments": [
-                {"experiment": r["experiment"], "preset": r.get("preset"), "config_hash": r.get("config_hash")}
+                {
+                    "experiment": r["experiment"],
+                    "preset": r.get("preset"),
+                    "config_hash": r.get("config_hash"),
+                    "scope": [
+                        {**vars(sc), "verdicts": ExperimentResult(r).scope_counts(sc)}
+                        for sc in ExperimentResult(r).scope
+                    ],
+                    "findings": ExperimentResult(r).findings,
+                }
                 for r in results
             ],
             "not_run": [
