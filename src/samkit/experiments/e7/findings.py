@@ -21,9 +21,13 @@ from samkit.experiments.e7.analysis import ModelAnalysis, Point
 from samkit.experiments.e7.config import METHODS
 
 
+def _median_top(a: ModelAnalysis, method: str) -> int:
+    """The grid index of the median over seeds of the last ρ of ``method``'s stable range (−1: below the grid)."""
+    return int(np.floor(np.median([a.stable_top(method, s) for s in a.seeds])))
+
+
 def _median_rho(a: ModelAnalysis, method: str) -> str:
-    """The median over seeds of the last ρ of ``method``'s stable range ('none' when below the grid)."""
-    k = int(np.floor(np.median([a.stable_top(method, s) for s in a.seeds])))
+    k = _median_top(a, method)
     return fmt(a.grid[k]) if k >= 0 else "none (it fails at the smallest ρ)"
 
 
@@ -71,7 +75,7 @@ def model_finding(a: ModelAnalysis, claims: Mapping[str, Claim]) -> str | None:
         if reverses
         else "the robustness claim is not confirmed on this architecture"
     )
-    eps_last = {m: a.point(m, max(0, int(np.median(list(tops[m].values()))))) for m in METHODS}
+    eps_last = {m: a.point(m, max(0, _median_top(a, m))) for m in METHODS}
     return (
         f"{a.model}: {head} (E7.1 {c1.verdict}, E7.2 {c2.verdict}). Stable range in ρ, median over seeds "
         f"{a.seeds}: SAM up to ρ = {_median_rho(a, 'sam')}, USAM up to ρ = {_median_rho(a, 'usam')}. Mechanism: SGD's "
