@@ -8,8 +8,9 @@ with ``c = ρ/‖g‖`` (SAM, ``"l2"``), ``ρ`` (USAM, ``"none"``), ``ρ((1−λ
 perturbation for GD. Normalization is exact by default (``eps=0``): a zero gradient is a fixed point. ε comes from
 :mod:`samkit.core`, the code behind :class:`samkit.SAM`: for the same gradient, the same ε bit for bit.
 
-Two engines run the same per-step function (:func:`update`), with the same results (to rounding, 1e-12 relative in
-float64):
+Two engines run the same per-step function (:func:`update`), with the same results to rounding: 1e-12 relative in
+float64 on the tested cases; over long runs the difference follows the dynamics' sensitivity (a 256×256 SAM phase
+diagram over 2 000 steps: iterates 9.1e-13, final losses 1.5e-12 relative):
 
 * **eager** (the default for small sweeps): one step at a time; diverged configurations are dropped from the
   computation.
