@@ -97,9 +97,9 @@ class RhoRobustness(Experiment):
     summary = (
         "SGD, SAM and USAM trained towards interpolation (Fashion-MNIST subset, many epochs, constant lr near the edge "
         "of stability, then a short decay) over a ρ grid and several seeds, each run paired with SGD on its seed: "
-        "where ‖g‖ decays, USAM's perturbation ρ‖g‖ is large early and vanishes late, so SAM keeps training at ρ "
-        "where USAM fails and ends flatter than SGD at matched loss. Verdicts from intervals over seeds, one per "
-        "architecture."
+        "where ‖g‖ decays, USAM's perturbation ρ‖g‖ is large early and vanishes late; the claim tested is that SAM "
+        "then keeps training at ρ where USAM fails and ends flatter than SGD at matched loss. Verdicts from "
+        "intervals over seeds, one per architecture."
     )
     version = 3
     device_units = True
