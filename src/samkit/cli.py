@@ -35,11 +35,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,13 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ls.add_argument("experiment", metavar="EXP", nargs="?", default=None, help="an experiment, e.g. E3")
 
-    def common(sp: argparse.ArgumentParser, presets: Sequence[str] = PRESETS) -> None:
-        sp.add_argument(
-            "--preset",
-            default="quick",
-            choices=presets,
-            help="the size of every experiment" + "".join(f"; {p}: {', '.join(_owners(p))} only" for p in presets[3:]),
-        )
+    def common(sp: argparse.ArgumentParser, own_presets: bool = False) -> None:
+        if own_presets:  # the experiments' own presets, looked up only when --preset is checked or --help shown
+            sp.add_argument("--preset", default="quick", choices=_Presets(), action=_PresetAction, metavar="PRESET")
+        else:
+            sp.add_argument("--preset", default="quick", choices=PRESETS, help="the size of every experiment")
         sp.add_argument("--out", default="results", type=_folder, help="output directory")
         sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
         sp.add_argument(
@@ -145,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one experiment and update the report in --out")
     run.add_argument("experiment", metavar="EXP", help="experiment name, e.g. E1 (see `samkit list`)")
-    common(run, _all_presets())
+    common(run, own_presets=True)
     run.add_argument(
         "--set",
         dest="overrides",
@@ -408,16 +407,41 @@ def _print_claims(result: ExperimentResult) -> None:
         print(f"  [{c.verdict}] {c.id}: {c.statement} — measured {c.measured}")
 
 
-def _all_presets() -> tuple[str, ...]:
-    """The shared presets, then those only some experiments have (E7's ``medium``): ``samkit run``'s choices (an
-    experiment without the preset asked for refuses it by name)."""
-    extra = {p for n in names() for p in get(n).presets if p not in PRESETS}
-    return (*PRESETS, *sorted(extra))
+class _Presets:
+    """``samkit run``'s ``--preset`` choices: the shared presets, then those only some experiments have (E7's
+    ``medium``; an experiment without the preset asked for refuses it by name). Computed on first use, so building
+    the parser imports no experiment (every command builds it)."""
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        extra = {p for n in names() for p in get(n).presets if p not in PRESETS}
+        return (*PRESETS, *sorted(extra))
+
+    def __contains__(self, preset: object) -> bool:
+        return preset in self.names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
 
 
-def _owners(preset: str) -> list[str]:
-    """The experiments that have ``preset``."""
-    return [n for n in names() if preset in get(n).presets]
+class _PresetAction(argparse.Action):
+    """Stores ``--preset``; its help lists the presets and the experiments that have each extra one, computed when
+    shown (the metavar is fixed: argparse would otherwise list the choices when the parser is built)."""
+
+    @property  # type: ignore[override]
+    def help(self) -> str:
+        extra = [p for p in self.choices or () if p not in PRESETS]
+        owners = {p: [n for n in names() if p in get(n).presets] for p in extra}
+        return f"the size of every experiment: {', '.join(self.choices or ())}" + "".join(
+            f"; {p}: {', '.join(owners[p])} only" for p in extra
+        )
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        pass  # computed
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
 
 
 def _run(
