@@ -341,7 +341,7 @@ def test_a_seed_whose_sgd_diverged_is_left_out_and_named():
 def _findings(data, **cfg_changes):
     e7 = get("E7")
     cfg = {**e7.config("tiny"), "seeds": sorted({r["seed"] for r in data["runs"].rows}), **cfg_changes}
-    return e7.findings(cfg, data)
+    return e7.findings(cfg, data, e7.claims(cfg, data))
 
 
 def test_no_finding_where_the_claim_holds_or_its_mechanism_was_not_at_work():

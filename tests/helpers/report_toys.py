@@ -80,7 +80,7 @@ class Judged(Experiment):
     def scope(self, config):
         return [Scope("toy <net>", f"{len(config['xs'])} numbers squared", ["J.1", "J.2"])]
 
-    def findings(self, config, data):
+    def findings(self, config, data, claims):
         ys = data["squares"].col("y")
         return [f"the toy was told to fail; its largest square is {ys.max():g}"] if config["fail"] else []
 

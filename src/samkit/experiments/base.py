@@ -609,9 +609,10 @@ class Experiment:
         architecture and data set), for the report's summary; none for claims about formulas (the default)."""
         return []
 
-    def findings(self, config: Mapping[str, Any], data: Mapping[str, Table]) -> list[str]:
-        """Findings the report's summary states beside the verdicts, each a sentence computed from the tables (e.g.
-        where a claim reverses, with the mechanism's numbers); none by default."""
+    def findings(self, config: Mapping[str, Any], data: Mapping[str, Table], claims: Sequence[Claim]) -> list[str]:
+        """Findings the report's summary states beside the verdicts, each a sentence computed from the tables and
+        the :meth:`claims` judged on them (e.g. where a claim reverses, with the mechanism's numbers); none by
+        default."""
         return []
 
     def missing(self, config: Mapping[str, Any]) -> str | None:

@@ -55,7 +55,7 @@ def finalize(exp: Experiment, exp_dir: Path, run_info: Mapping[str, Any] | None 
             "run": dict(run_info or {}),
             "claims": [c.to_dict() for c in claims],
             "scope": [vars(x) for x in exp.scope(cfg)],
-            "findings": exp.findings(cfg, data),
+            "findings": exp.findings(cfg, data, claims),
             "figures": [vars(f) for f in figures],
             "data": [f"data/{safe_name(n)}" for n in sorted(meta["tables"])],
         }

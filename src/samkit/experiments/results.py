@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -113,14 +113,10 @@ class ExperimentResult(dict):
         """The computed findings (:meth:`Experiment.findings`), as text."""
         return [str(f) for f in self.get("findings") or [] if isinstance(f, str)]
 
-    def scope_counts(self, scope: Scope) -> dict[str, int]:
-        """The verdict counts of the claims judged on ``scope`` (:data:`VERDICTS` order)."""
-        counts = dict.fromkeys(VERDICTS, 0)
+    def scope_tally(self, scope: Scope) -> Tally:
+        """The verdicts of the claims judged on ``scope``."""
         ids = set(scope.claims)
-        for c in self.claims:
-            if c.id in ids:
-                counts[c.verdict] += 1
-        return counts
+        return Tally.count(c.verdict for c in self.claims if c.id in ids)
 
 
 @dataclass
@@ -163,10 +159,18 @@ class Tally:
     @classmethod
     def of(cls, results: Sequence[Mapping[str, Any]]) -> Tally:
         """The tally of every claim of ``results`` (``result.json`` contents or :class:`ExperimentResult`)."""
+        return cls.count(v for r in results for v in ExperimentResult(r).verdicts)
+
+    @classmethod
+    def count(cls, verdicts: Iterable[str]) -> Tally:
+        """The tally of some verdicts.
+
+        >>> Tally.count(["PASS", "FAIL", "PASS"]).counts["PASS"]
+        2
+        """
         counts = dict.fromkeys(VERDICTS, 0)
-        for r in results:
-            for v in ExperimentResult(r).verdicts:
-                counts[v] += 1
+        for v in verdicts:
+            counts[v] += 1
         return cls(counts)
 
     @property

@@ -589,20 +589,31 @@ def _scopes(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     lines = []
     for r in map(ExperimentResult, results):
         for sc in r.scope:
-            counts = r.scope_counts(sc)
-            order = ("PASS", "FAIL", INCONCLUSIVE, NOT_EXERCISED)
-            verdicts = ", ".join(f"{counts[v]} {v}" for v in order if counts[v]) or "no claims"
+            tally = r.scope_tally(sc)
+            shown = ("PASS", "FAIL", INCONCLUSIVE, NOT_EXERCISED)
             lines.append(
                 {
                     "experiment": _text(r.name),
                     "href": "#" + _anchor(r.name),
                     "label": _text(sc.label),
                     "what": _text(sc.what),
-                    "verdicts": verdicts,
-                    "css": "c-PASS" if counts["PASS"] == sum(counts.values()) and counts["PASS"] else "c-FAIL",
+                    "verdicts": ", ".join(f"{tally.counts[v]} {v}" for v in shown if tally.counts[v]) or "no claims",
+                    "css": "c-PASS" if tally.total and tally.passed == tally.total else "c-FAIL",
                 }
             )
     return lines
+
+
+def _machine_entry(r: ExperimentResult) -> dict[str, Any]:
+    """An experiment's entry in ``claims.json``: name, preset, config hash, scopes (with their verdict counts) and
+    findings."""
+    return {
+        "experiment": r.name,
+        "preset": r.get("preset"),
+        "config_hash": r.get("config_hash"),
+        "scope": [{**vars(sc), "verdicts": dict(r.scope_tally(sc).counts)} for sc in r.scope],
+        "findings": r.findings,
+    }
 
 
 def _not_run(problems: Sequence[Problem]) -> str:
@@ -762,19 +773,7 @@ def write_report(
             "total": ctx["total"],
             "all_pass": ctx["passed"] == ctx["total"] and not problems,
             "verdicts": ctx["counts"],
-            "experiments": [
-                {
-                    "experiment": r["experiment"],
-                    "preset": r.get("preset"),
-                    "config_hash": r.get("config_hash"),
-                    "scope": [
-                        {**vars(sc), "verdicts": ExperimentResult(r).scope_counts(sc)}
-                        for sc in ExperimentResult(r).scope
-                    ],
-                    "findings": ExperimentResult(r).findings,
-                }
-                for r in results
-            ],
+            "experiments": [_machine_entry(ExperimentResult(r)) for r in results],
             "not_run": [
                 {"experiment": p.experiment, "kind": p.kind, "reason": p.reason, "previous": p.previous}
                 for p in problems

@@ -77,7 +77,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +131,8 @@ class RhoRobustness(Experiment):
         an = self.analysis(cfg, data)
         return [c for m in cfg["models"] for c in claims.model_claims(an[m], cfg)]
 
-    def findings(self, cfg: Mapping[str, Any], data: Mapping[str, Table]) -> list[str]:
-        an = self.analysis(cfg, data)
-        return findings.findings(an, self.claims(cfg, data))
+    def findings(self, cfg: Mapping[str, Any], data: Mapping[str, Table], claims: Sequence[Claim]) -> list[str]:
+        return findings.findings(self.analysis(cfg, data), claims)
 
     def scope(self, cfg: Mapping[str, Any]) -> list[Scope]:
         return config.scope(cfg)
