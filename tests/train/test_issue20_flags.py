@@ -72,7 +72,7 @@ def test_the_flags_parse_into_the_config_and_are_sweepable():
         (
             dict(optimizer="sam", sam_on="norm", model="cnn"),
             "--sam-on norm perturbs only the normalization "
-            "layers, and --model cnn has none (use --model resnet20, or leave --sam-on out)",
+            "layers, and --model cnn has none (use --model cnn-small-bn or resnet20, or leave --sam-on out)",
         ),
         (dict(precision="fp16"), "unknown precision 'fp16'; choose from fp32, bf16"),
     ],

@@ -259,15 +259,22 @@ class TrainConfig:
     def _check_sam_on(self) -> None:
         """``--sam-on norm`` needs a model with normalization layers (built on the meta device: no memory, no RNG)."""
         c, side = (self.channels, self.image_size) if self.dataset == "synthetic" else _SHAPES[self.dataset][:2]
-        with torch.device("meta"):
-            model = build_model(self.model, in_channels=c, image_size=side)
-        try:
-            sam_on_param_groups(model)
-        except ValueError:
+
+        def normalized(name: str) -> bool:
+            with torch.device("meta"):
+                model = build_model(name, in_channels=c, image_size=side)
+            try:
+                sam_on_param_groups(model)
+            except ValueError:
+                return False
+            return True
+
+        if not normalized(self.model):
+            models = " or ".join(m for m in MODELS if normalized(m))
             raise ValueError(
                 f"--sam-on norm perturbs only the normalization layers, and --model {self.model} has none "
-                "(use --model resnet20, or leave --sam-on out)"
-            ) from None
+                f"(use --model {models}, or leave --sam-on out)"
+            )
 
     def _check_memory(self) -> None:
         """Refuse a run whose data, one batch and the model's first layer cannot fit in this machine's memory.
