@@ -414,7 +414,9 @@ class SAM(Optimizer):
         self.second_step(scaler=scaler)
 
     @property
-    def skipping(self) -> bool:  # the step in progress will be skipped (on_nonfinite="skip" saw inf/NaN)
+    def skipping(self) -> bool:
+        """True when the step in progress will be skipped (``on_nonfinite="skip"`` saw inf/NaN, or a GradScaler
+        overflow): a trainer that drives the passes itself then runs no second pass (see :meth:`step`)."""
         return self._step is not None and self._step.skip
 
     @property
