@@ -143,15 +143,18 @@ def _step_sums(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             first_logits.append(logits.detach())
         return loss
 
+    def grad_norm() -> torch.Tensor:  # ‖g‖ at w of a base step
+        return global_norm([p.grad for p in run.model.parameters() if p.grad is not None])
+
     try:
         if isinstance(opt, SAM):
             loss = opt.step(closure)
             gn, en = opt.last_grad_norm, opt.last_perturbation_norm
             if not last_call_was_sam(opt):  # late SAM's base steps: the gradient at w, and no perturbation
-                gn, en = global_norm([p.grad for p in run.model.parameters() if p.grad is not None]), None
+                gn, en = grad_norm(), None
         else:
             loss = closure()
-            gn, en = global_norm([p.grad for p in run.model.parameters() if p.grad is not None]), None
+            gn, en = grad_norm(), None
             opt.step()
     except NonFiniteGradientError:
         loss = gn = en = torch.tensor(float("nan"))
