@@ -12,6 +12,7 @@ import tempfile
 
 import torch
 import torch.distributed as dist
+from closures import mse_closure
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -40,14 +41,7 @@ def flat(model):
 
 def sam_steps(model, opt, x, y, n):
     for _ in range(n):
-
-        def closure():
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        opt.step(mse_closure(model, opt, x, y))
 
 
 def checks(out_path):

@@ -1,19 +1,7 @@
 """Shared helpers of the optimizer tests."""
 
 import pytest
-from torch import nn
-
-
-def _mse_closure(model, opt, x, y):
-    """The usual closure: zero the gradients, forward, mean squared error, backward; returns the loss."""
-
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
+from closures import mse_closure as _mse_closure
 
 
 @pytest.fixture

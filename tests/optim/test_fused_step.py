@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from closures import mse_closure as _closure
 from torch import nn
 
 from samkit import GSAM, SAM, USAM, NonFiniteGradientError, asam_param_groups
@@ -46,16 +47,6 @@ def _build(name, net, fused, **kw):
     if name == "gsam":
         return GSAM(params, torch.optim.SGD, rho=0.1, alpha=0.2, momentum=0.9, **common)
     return SAM(params, torch.optim.SGD, rho=0.1, momentum=0.9, weight_decay=5e-4, **common)
-
-
-def _closure(model, opt, x, y):
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
 
 
 def _assert_close(a, b, dtype):
