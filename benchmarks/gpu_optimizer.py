@@ -17,10 +17,8 @@ import sys
 
 import torch
 
-import samkit
-
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from optimizer_overhead import NaiveSAM, _deep_mlp, _params_with_grads, _two_steps, resnet_steps  # noqa: E402
+from optimizer_overhead import _deep_mlp, p1_runs, resnet_steps  # noqa: E402
 
 
 def _cuda_time(fn, reps: int) -> float:
@@ -36,15 +34,7 @@ def _cuda_time(fn, reps: int) -> float:
 
 
 def overhead(reps: int, rounds: int) -> dict[str, float]:
-    model = _deep_mlp().cuda()
-    sgd = dict(lr=1e-6, momentum=0.9, foreach=True)
-    ps = {k: _params_with_grads(model) for k in ("foreach", "fused", "naive", "base")}
-    runs = {
-        "foreach": _two_steps(samkit.SAM(ps["foreach"], torch.optim.SGD(ps["foreach"], **sgd), rho=0.05)),
-        "fused": _two_steps(samkit.SAM(ps["fused"], torch.optim.SGD(ps["fused"], **sgd), rho=0.05, fused=True)),
-        "naive": _two_steps(NaiveSAM(ps["naive"], torch.optim.SGD(ps["naive"], **sgd), rho=0.05)),
-        "base": torch.optim.SGD(ps["base"], **sgd).step,
-    }
+    runs = p1_runs(_deep_mlp().cuda(), dict(lr=1e-6, momentum=0.9, foreach=True))
     for f in runs.values():
         _cuda_time(f, 5)
     t: dict[str, list[float]] = {k: [] for k in runs}

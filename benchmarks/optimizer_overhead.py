@@ -135,19 +135,25 @@ def _two_steps(opt: torch.optim.Optimizer):
     return run
 
 
-def overhead(reps: int, rounds: int) -> dict[str, float | int | list[str] | dict[str, list[float]]]:
-    model = _deep_mlp()
-    sgd = dict(lr=1e-6, momentum=0.9)
+def p1_runs(model: nn.Module, sgd: dict) -> dict[str, Callable[[], None]]:
+    """P1's four contenders on copies of ``model``'s parameters (fixed gradients): samkit SAM foreach and fused, the
+    davda54-style SAM (``naive``) and the base SGD step alone (``base``), each one call of first and second step."""
     ps = {name: _params_with_grads(model) for name in ("foreach", "fused", "naive", "base")}
-    runs = {
+    return {
         "foreach": _two_steps(samkit.SAM(ps["foreach"], torch.optim.SGD(ps["foreach"], **sgd), rho=0.05)),
         "fused": _two_steps(samkit.SAM(ps["fused"], torch.optim.SGD(ps["fused"], **sgd), rho=0.05, fused=True)),
         "naive": _two_steps(NaiveSAM(ps["naive"], torch.optim.SGD(ps["naive"], **sgd), rho=0.05)),
         "base": torch.optim.SGD(ps["base"], **sgd).step,
     }
+
+
+def overhead(reps: int, rounds: int) -> dict[str, float | int | list[str] | dict[str, list[float]]]:
+    model = _deep_mlp()
+    sgd = dict(lr=1e-6, momentum=0.9)
+    runs = p1_runs(model, sgd)
     for f in runs.values():  # warm-up (the fused step lays the parameters out flat on its first call)
         _time(f, 5)
-    n = len(ps["foreach"])
+    n = len(list(model.parameters()))
     ops = {}
     for k in ("foreach", "fused"):
         p = _params_with_grads(model)
