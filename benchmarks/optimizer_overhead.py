@@ -123,7 +123,7 @@ def _params_with_grads(model: nn.Module) -> list[nn.Parameter]:
     params = list(copy.deepcopy(model).parameters())
     gen = torch.Generator().manual_seed(0)
     for p in params:
-        p.grad = torch.randn(p.shape, generator=gen)
+        p.grad = torch.randn(p.shape, generator=gen).to(p.device)  # the same numbers on every device
     return params
 
 
