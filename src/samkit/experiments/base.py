@@ -417,7 +417,11 @@ class Scope:
     """What some of an experiment's claims were judged on, in words computed from the config: ``label`` (e.g. the
     architecture), ``what`` (the model, the data, the seeds) and the ids of the ``claims`` judged on it. The report's
     summary lists every scope with the verdict counts of its claims, so a green summary never reads as covering
-    more than was run."""
+    more than was run.
+
+    >>> Scope("mlp", "MLP 784-256-256-10 on the first 1000 fashion-mnist images, seeds 0–7", ["E7.0-mlp"]).claims
+    ['E7.0-mlp']
+    """
 
     label: str
     what: str

@@ -114,7 +114,12 @@ class ExperimentResult(dict):
         return [str(f) for f in self.get("findings") or [] if isinstance(f, str)]
 
     def scope_tally(self, scope: Scope) -> Tally:
-        """The verdicts of the claims judged on ``scope``."""
+        """The verdicts of the claims judged on ``scope``.
+
+        >>> r = ExperimentResult({"experiment": "E", "claims": [{"id": "a", "passed": True}, {"id": "b"}]})
+        >>> r.scope_tally(Scope("net", "a net", ["a"])).counts["PASS"], r.scope_tally(Scope("net", "", ["b"])).total
+        (1, 1)
+        """
         ids = set(scope.claims)
         return Tally.count(c.verdict for c in self.claims if c.id in ids)
 
